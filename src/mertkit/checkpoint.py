@@ -1,0 +1,300 @@
+"""Strict import of official checkpoints: a local directory, a hub id, or a registry name.
+
+Reads `config.json`, optional `preprocessor_config.json`, and the weights from
+`model.safetensors` (single or sharded) or `pytorch_model.bin` (single or sharded, loaded
+with `torch.load(weights_only=True)`: no pickle code ever runs). Never runs code from a
+checkpoint or the hub. Loading is strict: every missing, unexpected or mis-shaped tensor is
+named in the error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mertkit.config import ConfigError, MertConfig
+from mertkit.model import MertModel
+from mertkit.registry import ModelCard, lookup
+
+# Weight-norm tensors of the positional conv: newer torch/transformers save the
+# parametrisation's names, the hub files the legacy ones. Both map to ours.
+_RENAMES = {
+    "encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv_embed.conv.weight_g",
+    "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv_embed.conv.weight_v",
+}
+# Prefixes under which a base model's tensors appear in wrapper checkpoints.
+_BASE_PREFIXES = ("hubert.", "data2vec_audio.", "mert_model.", "music_hubert.")
+
+_WEIGHT_FILES = (
+    ("model.safetensors.index.json", "safetensors-sharded"),
+    ("model.safetensors", "safetensors"),
+    ("pytorch_model.bin.index.json", "bin-sharded"),
+    ("pytorch_model.bin", "bin"),
+)
+_HUB_PATTERNS = ["config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json",
+                 "pytorch_model*.bin", "pytorch_model.bin.index.json"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, read, or mapped exactly onto the model."""
+
+
+@dataclass(frozen=True)
+class LoadedInfo:
+    """Where a model came from and the input contract it carries."""
+
+    name: str
+    path: str
+    revision: str | None
+    sample_rate: int
+    frame_rate: float
+    num_hidden_states: int
+    do_normalize: bool
+
+
+# ---------------------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------------------
+def load(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> MertModel:
+    """Load a MERT-family model in eval mode; `model.info` says what it is and expects."""
+    directory, card, revision = resolve(name_or_path, revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    config = MertConfig.from_json(directory / "config.json")
+    model = MertModel(config)
+    state = read_state_dict(directory)
+    load_state_dict_strict(model, state, source=str(directory))
+    model.info = _info(directory, config, card, revision)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def resolve(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> tuple[Path, ModelCard | None, str | None]:
+    """A local directory, or a hub snapshot (from the cache or downloaded) for a name / hub id."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path, lookup(_config_name(path) or path.name), revision
+    if path.exists():
+        raise CheckpointError(f"{path}: expected a checkpoint directory (config.json + weights), got a file")
+    name = str(name_or_path)
+    card = lookup(name)
+    hub_id = card.hub_id if card else name
+    if card is None and name.count("/") != 1:
+        raise CheckpointError(
+            f"{name!r} is neither a local directory, a hub id ('owner/name') nor a known model "
+            f"({', '.join(_known_names())})"
+        )
+    if revision is None and card is not None:
+        revision = card.revision
+    return _snapshot(hub_id, revision, cache_dir, local_files_only), card, revision
+
+
+def _known_names() -> list[str]:
+    from mertkit.registry import PRETRAINED
+
+    return list(PRETRAINED)
+
+
+def _snapshot(hub_id: str, revision: str | None, cache_dir, local_files_only: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                hub_id, revision=revision, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS,
+                local_files_only=local_files_only,
+            )
+        )
+    except (LocalEntryNotFoundError, OSError, HfHubHTTPError) as err:
+        rev = f" at revision {revision}" if revision else ""
+        raise CheckpointError(
+            f"could not get {hub_id}{rev} from the hub and no cached copy was found ({type(err).__name__}). "
+            f"Offline? Download it where the hub is reachable (`hf download {hub_id} --local-dir DIR`) and "
+            f"pass DIR to mertkit.load / --model, or point HF_HUB_CACHE (or cache_dir=) at a cache that has it."
+        ) from err
+
+
+def _config_name(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "config.json").read_text()).get("_name_or_path") or None
+    except (OSError, json.JSONDecodeError):
+        return None  # MertConfig.from_json reports the real problem right after
+
+
+def _info(directory: Path, config: MertConfig, card: ModelCard | None, revision: str | None) -> LoadedInfo:
+    do_normalize = card.do_normalize if card else True
+    pre = directory / "preprocessor_config.json"
+    if pre.is_file():
+        try:
+            data = json.loads(pre.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{pre}: not valid JSON ({err})") from err
+        do_normalize = bool(data.get("do_normalize", do_normalize))
+        rate = data.get("sampling_rate")
+        if rate is not None and int(rate) != config.sample_rate:
+            raise CheckpointError(f"{pre}: sampling_rate {rate} disagrees with config.json sample_rate {config.sample_rate}")
+    return LoadedInfo(
+        name=card.name if card else directory.name,
+        path=str(directory),
+        revision=revision,
+        sample_rate=config.sample_rate,
+        frame_rate=config.frame_rate,
+        num_hidden_states=config.num_hidden_states,
+        do_normalize=do_normalize,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Reading weight files
+# ---------------------------------------------------------------------------------------
+def read_state_dict(directory: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a checkpoint directory, from the first weight layout present."""
+    directory = Path(directory)
+    for filename, kind in _WEIGHT_FILES:
+        path = directory / filename
+        if path.is_file():
+            if kind.endswith("sharded"):
+                return _read_sharded(path, kind)
+            return read_weight_file(path)
+    raise CheckpointError(
+        f"{directory}: no weights found (looked for {', '.join(name for name, _ in _WEIGHT_FILES)})"
+    )
+
+
+def read_weight_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: refused or unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            "mertkit loads pickles with weights_only=True and never runs code from them."
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a flat state dict of tensors")
+    return state
+
+
+def _read_sharded(index_path: Path, kind: str) -> dict[str, Tensor]:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise CheckpointError(f"{index_path}: not a valid shard index ({err})") from err
+    state: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointError(f"{index_path}: shard {shard} is missing")
+        state.update(read_weight_file(shard_path))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise CheckpointError(f"{index_path}: tensors listed in the index but absent from the shards: {missing[:5]}")
+    return state
+
+
+# ---------------------------------------------------------------------------------------
+# Mapping onto the model
+# ---------------------------------------------------------------------------------------
+def to_mertkit_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official names -> ours: strip a wrapper prefix, unify the weight-norm spelling."""
+    keys = list(state)
+    for prefix in _BASE_PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+            break
+    return {_RENAMES.get(k, k): v for k, v in state.items()}
+
+
+def load_state_dict_strict(model: MertModel, state: dict[str, Tensor], *, source: str) -> None:
+    """Copy `state` into `model`, or fail naming every tensor that does not fit."""
+    state = to_mertkit_names(state)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    if wrong_shape:
+        problems.append(f"wrongly shaped tensors: {'; '.join(wrong_shape)}")
+    if problems:
+        raise CheckpointError(f"{source}: checkpoint does not match the config — " + " | ".join(problems))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing the official layout
+# ---------------------------------------------------------------------------------------
+def save_pretrained(
+    model: MertModel,
+    out_dir: str | os.PathLike,
+    *,
+    formats: tuple[str, ...] = ("bin", "safetensors"),
+    do_normalize: bool | None = None,
+) -> Path:
+    """Write config.json, preprocessor_config.json and the weights in the official layout.
+
+    `bin` is `pytorch_model.bin` with the hub's legacy `weight_g/weight_v` names (exactly our
+    own names); `safetensors` is `model.safetensors` with the same names.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    info = getattr(model, "info", None)
+    normalize = do_normalize if do_normalize is not None else (info.do_normalize if info else True)
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(config, normalize), indent=2) + "\n")
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    if "bin" in formats:
+        torch.save(state, out / "pytorch_model.bin")
+    if "safetensors" in formats:
+        from safetensors.torch import save_file
+
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def preprocessor_config(config: MertConfig, do_normalize: bool) -> dict:
+    return {
+        "do_normalize": do_normalize,
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": True,
+        "sampling_rate": config.sample_rate,
+    }
+
+
+__all__ = ["CheckpointError", "ConfigError", "LoadedInfo", "load", "read_state_dict", "save_pretrained"]

@@ -1,0 +1,1 @@
+"""Sub-commands of the `mert` CLI, one module each, imported only when invoked."""

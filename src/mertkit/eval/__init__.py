@@ -1,0 +1,1 @@
+"""MARBLE-style evaluation: metrics, probes on cached features, datasets, baselines."""

@@ -1,0 +1,366 @@
+"""The MERT / music2vec inference model, built from small components.
+
+Module and parameter names follow Hugging Face's `HubertModel` / `Data2VecAudioModel`, so an
+official state dict maps one-to-one (see `mertkit.checkpoint`). The data path:
+
+    waveform [B, T]
+      -> feature_extractor   7 strided convs           -> [B, C, F]   F = frames (75 Hz at 24 kHz)
+      -> feature_projection  LayerNorm + Linear        -> [B, F, H]
+      -> encoder             + positional conv, L transformer layers
+      -> hidden_states       L + 1 tensors [B, F, H]
+
+Batches may mix lengths: pass `lengths` (valid samples per item) and every statistic is taken
+over each item's own samples (a masked group norm in the front-end, zeroed padding before each
+positional conv, a key mask in attention), so a padded batch equals running each item alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mertkit.config import MertConfig
+
+
+@dataclass
+class MertOutput:
+    """All hidden states, plus what pre-training needs from the front-end."""
+
+    hidden_states: tuple[Tensor, ...]  # each [B, F, H]; index 0 = encoder input
+    frame_lengths: Tensor | None  # [B] valid frames per item; None when no lengths were given
+    extract_features: Tensor  # conv front-end output [B, F, C], before the projection
+
+    @property
+    def last_hidden_state(self) -> Tensor:
+        return self.hidden_states[-1]
+
+
+def frame_mask(frame_lengths: Tensor, num_frames: int) -> Tensor:
+    """[B, F] bool, True on each item's valid frames."""
+    steps = torch.arange(num_frames, device=frame_lengths.device)
+    return steps[None, :] < frame_lengths[:, None]
+
+
+# ---------------------------------------------------------------------------------------
+# Conv feature encoder
+# ---------------------------------------------------------------------------------------
+class ConvLayer(nn.Module):
+    """conv (no bias in releases) -> optional norm -> GELU.
+
+    norm "group": GroupNorm with one group per channel (conv 0 of HuBERT-style models);
+    norm "layer": LayerNorm over channels at every frame (every conv of data2vec).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int, bias: bool, norm: str | None):
+        super().__init__()
+        self.kernel, self.stride, self.norm = kernel, stride, norm
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=bias)
+        if norm == "group":
+            self.layer_norm = nn.GroupNorm(out_dim, out_dim, affine=True)
+        elif norm == "layer":
+            self.layer_norm = nn.LayerNorm(out_dim, elementwise_affine=True)
+
+    def out_lengths(self, lengths: Tensor) -> Tensor:
+        return torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1
+
+    def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        x = self.conv(x)
+        if self.norm == "group":
+            x = self._group_norm(x, lengths)
+        elif self.norm == "layer":
+            x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x)
+
+    def _group_norm(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        if lengths is None or bool((lengths == x.shape[-1]).all()):
+            return self.layer_norm(x)
+        # Statistics over each item's valid steps only: the official code takes them over the
+        # padded waveform, which is why its padded batches differ from single runs.
+        norm = self.layer_norm
+        valid = frame_mask(lengths, x.shape[-1])[:, None, :].to(x.dtype)  # [B, 1, T]
+        count = lengths.clamp(min=1).to(x.dtype)[:, None, None]
+        mean = (x * valid).sum(-1, keepdim=True) / count
+        var = (((x - mean) * valid) ** 2).sum(-1, keepdim=True) / count
+        x = (x - mean) * torch.rsqrt(var + norm.eps)
+        return x * norm.weight[None, :, None] + norm.bias[None, :, None]
+
+
+class FeatureEncoder(nn.Module):
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        layers = []
+        in_dim = 1
+        for i, (dim, kernel, stride) in enumerate(zip(config.conv_dim, config.conv_kernel, config.conv_stride)):
+            if config.feat_extract_norm == "layer":
+                norm = "layer"
+            else:
+                norm = "group" if i == 0 else None
+            layers.append(ConvLayer(in_dim, dim, kernel, stride, config.conv_bias, norm))
+            in_dim = dim
+        self.conv_layers = nn.ModuleList(layers)
+
+    def forward(self, waveform: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """[B, T] samples -> ([B, C, F] features, [B] valid frames or None)."""
+        x = waveform[:, None, :]
+        for layer in self.conv_layers:
+            if lengths is not None:
+                lengths = layer.out_lengths(lengths)
+            x = layer(x, lengths)
+        return x, lengths
+
+
+class FeatureProjection(nn.Module):
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps) if config.feat_proj_layer_norm else None
+        self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
+        self.dropout = nn.Dropout(config.feat_proj_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return self.dropout(self.projection(x))
+
+
+# ---------------------------------------------------------------------------------------
+# Positional convolutions
+# ---------------------------------------------------------------------------------------
+class WeightNormConv1d(nn.Module):
+    """Conv1d under weight norm along dim 2 (weight = g * v / ||v||, norm over dims 0 and 1).
+
+    Kept as (weight_g, weight_v) so official tensors load as they are and pre-training
+    trains the same parametrisation.
+    """
+
+    def __init__(self, channels: int, kernel: int, groups: int):
+        super().__init__()
+        self.groups, self.padding = groups, kernel // 2
+        self.weight_g = nn.Parameter(torch.ones(1, 1, kernel))
+        self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.normal_(self.weight_v, std=(2.0 / (kernel * channels)) ** 0.5)
+
+    def weight(self) -> Tensor:
+        return fold_weight_norm(self.weight_g, self.weight_v)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
+
+
+def fold_weight_norm(g: Tensor, v: Tensor) -> Tensor:
+    """weight = g * v / ||v||, the norm over dims 0 and 1 for each index of dim 2."""
+    return v * (g / v.norm(dim=(0, 1), keepdim=True))
+
+
+class PositionalConv(nn.Module):
+    """HuBERT/MERT: one grouped conv of even kernel, the last step dropped, then GELU."""
+
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        kernel = config.num_conv_pos_embeddings
+        self.conv = WeightNormConv1d(config.hidden_size, kernel, config.num_conv_pos_embedding_groups)
+        self.trim = 1 if kernel % 2 == 0 else 0
+
+    def forward(self, x: Tensor, valid: Tensor | None) -> Tensor:
+        """x [B, F, H] with padded frames already zeroed -> positional term [B, F, H]."""
+        y = self.conv(x.transpose(1, 2))
+        if self.trim:
+            y = y[:, :, : -self.trim]
+        return F.gelu(y).transpose(1, 2)
+
+
+class Data2VecPositionalLayer(nn.Module):
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        kernel = config.conv_pos_kernel_size
+        self.conv = nn.Conv1d(
+            config.hidden_size, config.hidden_size, kernel, padding=kernel // 2, groups=config.num_conv_pos_embedding_groups
+        )
+        self.trim = 1 if kernel % 2 == 0 else 0
+        self.layer_norm = nn.LayerNorm(config.hidden_size, elementwise_affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, H, F] -> [B, H, F]
+        x = self.conv(x)
+        if self.trim:
+            x = x[:, :, : -self.trim]
+        x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x)
+
+
+class Data2VecPositionalConv(nn.Module):
+    """music2vec: a stack of convs (kernel 19) each followed by LayerNorm (no affine) and GELU."""
+
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(Data2VecPositionalLayer(config) for _ in range(config.num_conv_pos_embeddings))
+
+    def forward(self, x: Tensor, valid: Tensor | None) -> Tensor:
+        y = x.transpose(1, 2)
+        keep = None if valid is None else valid[:, None, :].to(y.dtype)
+        for layer in self.layers:
+            y = layer(y)
+            if keep is not None:
+                # Re-zero padding between convs so it cannot reach valid frames of a batch
+                # item through the next conv: single runs see zeros there.
+                y = y * keep
+        return y.transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# Transformer encoder
+# ---------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(hidden, hidden)
+        self.k_proj = nn.Linear(hidden, hidden)
+        self.v_proj = nn.Linear(hidden, hidden)
+        self.out_proj = nn.Linear(hidden, hidden)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, frames, _ = x.shape
+        return x.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        """key_mask: [B, 1, 1, F] bool (True = attend) or None when nothing is padded."""
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
+        batch, _, frames, _ = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(batch, frames, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        self.intermediate_dropout = nn.Dropout(config.activation_dropout)
+        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.output_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.intermediate_dropout(F.gelu(self.intermediate_dense(x)))
+        return self.output_dropout(self.output_dense(x))
+
+
+class EncoderLayer(nn.Module):
+    """One transformer block; `pre_norm` selects the stable-layer-norm (330M) placement."""
+
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        self.pre_norm = config.do_stable_layer_norm
+        self.attention = Attention(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(self.attention(self.layer_norm(x), key_mask))
+            return x + self.feed_forward(self.final_layer_norm(x))
+        x = self.layer_norm(x + self.dropout(self.attention(x, key_mask)))
+        return self.final_layer_norm(x + self.feed_forward(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        self.pre_norm = config.do_stable_layer_norm
+        self.layerdrop = config.layerdrop
+        self.pos_conv_embed = Data2VecPositionalConv(config) if config.is_data2vec else PositionalConv(config)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: Tensor, valid: Tensor | None, max_layer: int | None = None) -> list[Tensor]:
+        """x [B, F, H] projected features; valid [B, F] bool or None.
+
+        Returns hidden states 0..max_layer with the official semantics:
+        post-LN: [0] = LayerNorm(x + pos), [i] = output of layer i;
+        pre-LN:  [0] = x + pos, [1..L-1] = the un-normalised residual stream, [L] = LayerNorm(out).
+        """
+        num_layers = len(self.layers)
+        stop = num_layers if max_layer is None else max_layer
+        key_mask = None
+        if valid is not None:
+            x = x * valid[:, :, None].to(x.dtype)
+            if not bool(valid.all()):
+                key_mask = valid[:, None, None, :]
+        x = x + self.pos_conv_embed(x, valid)
+        if not self.pre_norm:
+            x = self.layer_norm(x)
+        x = self.dropout(x)
+        states = [x]
+        for i, layer in enumerate(self.layers[:stop]):
+            if not (self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop):
+                x = layer(x, key_mask)
+            if self.pre_norm and i == num_layers - 1:
+                x = self.layer_norm(x)
+            states.append(x)
+        return states
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------
+class MertModel(nn.Module):
+    """MERT-v1 / MERT-v0 / music2vec backbone returning every hidden state."""
+
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        self.config = config
+        self.feature_extractor = FeatureEncoder(config)
+        self.feature_projection = FeatureProjection(config)
+        if config.mask_time_prob > 0 or config.extra.get("mask_feature_prob", 0) > 0:
+            # Only used to mask frames during pre-training; official checkpoints carry it.
+            self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        else:
+            self.register_parameter("masked_spec_embed", None)
+        self.encoder = Encoder(config)
+
+    @property
+    def num_hidden_states(self) -> int:
+        return self.config.num_hidden_states
+
+    def forward(
+        self,
+        input_values: Tensor,
+        lengths: Tensor | None = None,
+        *,
+        max_layer: int | None = None,
+        mask_time_indices: Tensor | None = None,
+    ) -> MertOutput:
+        """input_values [B, T] at `config.sample_rate`; lengths [B] valid samples per item.
+
+        max_layer stops the encoder early: hidden states 0..max_layer are returned.
+        mask_time_indices [B, F] bool replaces those frames by `masked_spec_embed`.
+        """
+        if input_values.dim() != 2:
+            raise ValueError(f"input_values must be [batch, samples], got shape {tuple(input_values.shape)}")
+        if max_layer is not None and not 0 <= max_layer <= self.config.num_hidden_layers:
+            raise ValueError(f"max_layer must be in 0..{self.config.num_hidden_layers}, got {max_layer}")
+        if input_values.shape[-1] < self.config.receptive_field:
+            raise ValueError(
+                f"input of {input_values.shape[-1]} samples is shorter than one frame "
+                f"({self.config.receptive_field} samples at {self.config.sample_rate} Hz)"
+            )
+        if lengths is not None:
+            lengths = lengths.to(input_values.device)
+            if bool((lengths < self.config.receptive_field).any()):
+                raise ValueError(
+                    f"every item needs at least {self.config.receptive_field} samples; got lengths {lengths.tolist()}"
+                )
+        features, frame_lengths = self.feature_extractor(input_values, lengths)
+        features = features.transpose(1, 2)
+        x = self.feature_projection(features)
+        if mask_time_indices is not None:
+            x = torch.where(mask_time_indices[:, :, None], self.masked_spec_embed.to(x.dtype), x)
+        valid = None if frame_lengths is None else frame_mask(frame_lengths, x.shape[1])
+        states = self.encoder(x, valid, max_layer)
+        return MertOutput(hidden_states=tuple(states), frame_lengths=frame_lengths, extract_features=features)

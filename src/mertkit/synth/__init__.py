@@ -1,0 +1,1 @@
+"""Offline music rendered from MIDI: benchmark suites and pre-training corpora."""

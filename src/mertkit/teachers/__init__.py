@@ -1,0 +1,1 @@
+"""Pre-training teachers: the EnCodec acoustic teacher and the CQT musical teacher."""

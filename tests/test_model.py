@@ -1,0 +1,145 @@
+"""Hidden states equal transformers' HubertModel / Data2VecAudioModel on random weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mertkit
+from mertkit.checkpoint import CheckpointError
+from mertkit.model import MertModel
+from model_fixtures import LAYOUTS, hf_model, tiny_config, write_official_checkpoint
+
+MODEL_TYPE = {"post_ln": "mert_model", "pre_ln": "mert_model", "data2vec": None}
+
+
+def _hf_states(model, wave):
+    """The official semantics: states 0..L-1 as recorded, state L = last_hidden_state.
+
+    transformers >= 5 records hidden states with hooks on the layers, so for the pre-LN
+    encoder its hidden_states[-1] is the un-normalised output of the last layer; MERT's
+    remote code (transformers 4.x) returned LayerNorm(output) there, which last_hidden_state is.
+    """
+    with torch.no_grad():
+        out = model(wave, output_hidden_states=True)
+    return (*out.hidden_states[:-1], out.last_hidden_state)
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_parity_with_transformers(tmp_path, layout, fmt):
+    ref = hf_model(layout)
+    ckpt = write_official_checkpoint(ref, tmp_path / "ckpt", fmt=fmt, model_type=MODEL_TYPE[layout], sample_rate=24000)
+    ours = mertkit.load(ckpt)
+    torch.manual_seed(1)
+    wave = torch.randn(2, 24000 + 123)
+    expected = _hf_states(ref, wave)
+    with torch.no_grad():
+        got = ours(wave).hidden_states
+    assert len(got) == len(expected) == ref.config.num_hidden_layers + 1
+    for i, (a, b) in enumerate(zip(got, expected)):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-4, rtol=0), f"hidden state {i}: max diff {(a - b).abs().max():.2e}"
+    # The states differ from each other: a layer that passed its input through would not be caught otherwise.
+    assert (got[1] - got[0]).abs().max() > 1e-2
+
+
+def test_pre_ln_asymmetry():
+    """330M layout: [0..L-1] are the un-normalised residual stream, [L] = LayerNorm(output)."""
+    torch.manual_seed(0)
+    model = MertModel(tiny_config("pre_ln")).eval()
+    wave = torch.randn(1, 16000)
+    with torch.no_grad():
+        states = model(wave).hidden_states
+        stream = model.encoder.layers[-1](states[-2], None)
+        assert torch.allclose(states[-1], model.encoder.layer_norm(stream), atol=1e-6)
+        # state 0 is features + positional conv with no LayerNorm: its frames are not normalised
+        assert states[0].std(-1).sub(1).abs().max() > 0.05
+    post = MertModel(tiny_config("post_ln")).eval()
+    with torch.no_grad():
+        first = post(wave).hidden_states[0]
+    # post-LN state 0 is LayerNorm'ed (affine weights are 1, bias 0 at init)
+    assert torch.allclose(first.mean(-1), torch.zeros_like(first.mean(-1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_max_layer_stops_early_with_same_values(layout):
+    torch.manual_seed(0)
+    model = MertModel(tiny_config(layout)).eval()
+    wave = torch.randn(1, 8000)
+    with torch.no_grad():
+        full = model(wave).hidden_states
+        part = model(wave, max_layer=1).hidden_states
+    assert len(part) == 2
+    for a, b in zip(part, full):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_padded_batch_equals_single_runs(layout):
+    """Exact batching: group norm, positional convs and attention ignore padding."""
+    torch.manual_seed(0)
+    model = MertModel(tiny_config(layout)).eval()
+    lengths = [9000, 5000, 2345]
+    waves = [torch.randn(n) * (1 + i) + 0.3 * i for i, n in enumerate(lengths)]
+    batch = torch.zeros(len(waves), max(lengths))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    with torch.no_grad():
+        out = model(batch, torch.tensor(lengths))
+        for i, w in enumerate(waves):
+            single = model(w[None]).hidden_states
+            n = int(out.frame_lengths[i])
+            assert n == model.config.num_frames(len(w)) == single[0].shape[1]
+            for a, b in zip(out.hidden_states, single):
+                assert torch.allclose(a[i, :n], b[0], atol=1e-5), f"max diff {(a[i, :n] - b[0]).abs().max():.2e}"
+
+
+def test_frame_counts_follow_conv_arithmetic():
+    cfg = tiny_config("post_ln")
+    assert cfg.hop_length == 320 and cfg.receptive_field == 400
+    assert cfg.num_frames(5 * 24000) == 374
+    assert cfg.num_frames(399) == 0 and cfg.num_frames(400) == 1
+    for n in (400, 719, 720, 12345):
+        assert cfg.num_frames(n) == (n - 400) // 320 + 1
+    model = MertModel(cfg).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 12345)).hidden_states[0].shape[1] == cfg.num_frames(12345)
+
+
+def test_too_short_input_is_a_clear_error():
+    model = MertModel(tiny_config("post_ln")).eval()
+    with pytest.raises(ValueError, match="shorter than one frame"):
+        model(torch.randn(1, 399))
+
+
+def test_missing_tensor_is_named(tmp_path):
+    ref = hf_model("post_ln")
+    ckpt = write_official_checkpoint(ref, tmp_path / "c", fmt="bin", model_type="mert_model")
+    state = torch.load(ckpt / "pytorch_model.bin", weights_only=True)
+    del state["encoder.layers.1.attention.k_proj.bias"]
+    state["encoder.extra.weight"] = torch.zeros(3)
+    state["feature_projection.projection.bias"] = torch.zeros(5)
+    torch.save(state, ckpt / "pytorch_model.bin")
+    with pytest.raises(CheckpointError) as err:
+        mertkit.load(ckpt)
+    msg = str(err.value)
+    assert "encoder.layers.1.attention.k_proj.bias" in msg
+    assert "encoder.extra.weight" in msg
+    assert "feature_projection.projection.bias" in msg
+
+
+def test_tampered_pickle_is_refused_without_running_code(tmp_path):
+    ref = hf_model("post_ln")
+    ckpt = write_official_checkpoint(ref, tmp_path / "c", fmt="bin", model_type="mert_model")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    state = torch.load(ckpt / "pytorch_model.bin", weights_only=True)
+    state["evil"] = Evil()
+    torch.save(state, ckpt / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        mertkit.load(ckpt)
+    assert not marker.exists()
