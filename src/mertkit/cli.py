@@ -1,0 +1,55 @@
+"""The `mert` command. Sub-commands live in `mertkit.commands.*` and are imported only when
+run, so `mert --help` and a light command never pay for torch or the optional extras."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+from mertkit import __version__
+
+# name -> "module:attribute" of a click command
+COMMANDS = {
+    "extract": ("mertkit.commands.extract:extract", "Extract hidden states from audio files into safetensors."),
+    "demo": ("mertkit.commands.demo:demo", "Run extraction on the shipped example audio (works offline)."),
+    "labels": ("mertkit.commands.labels:labels", "Compute pre-training labels (EnCodec codes) for a corpus."),
+    "pretrain": ("mertkit.commands.pretrain:pretrain", "Pre-train a MERT model (the MERT-v1 recipe)."),
+    "export": ("mertkit.commands.export:export", "Export a pre-training checkpoint to the official layout."),
+    "probe": ("mertkit.commands.probe:probe", "Train probes on cached features (MARBLE-style)."),
+    "eval": ("mertkit.commands.evaluate:evaluate", "Extract, cache and probe a model on a benchmark suite."),
+    "bench-suite": ("mertkit.commands.bench_suite:bench_suite", "Render the offline synthetic music benchmark."),
+    "search": ("mertkit.commands.search:search", "Nearest tracks in a feature store for a query audio file."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMANDS if _available(name))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS or not _available(name):
+            return None
+        target, _ = COMMANDS[name]
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _available(name: str) -> bool:
+    module = COMMANDS[name][0].split(":")[0]
+    return importlib.util.find_spec(module) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mert")
+def main() -> None:
+    """mertkit: the m-a-p MERT / music2vec models, natively in PyTorch."""
+
+
+if __name__ == "__main__":
+    main()
