@@ -1,0 +1,389 @@
+"""Probes on frozen features, MARBLE-style.
+
+A probe is a layer aggregator followed by a head:
+
+* aggregator (``ProbeConfig.layer``): one hidden state ``k``; ``"all"``: a sweep, one probe per
+  layer; ``"weighted"``: a softmax-weighted sum of all layers (learnable weights, initialised
+  equal); ``"conv1d"``: the MERT card's ``Conv1d(L -> 1, kernel 1)`` over the layer axis.
+* head (``ProbeConfig.kind``): ``"linear"``; ``"mlp"`` = Linear(D, 512) -> ReLU ->
+  Dropout(0.2) -> Linear(512, C).
+
+Training: Adam over a learning-rate grid; full batch (``batch_size=None``) or mini-batches
+shuffled by a seeded generator; early stopping on the task's validation metric with patience;
+the best-validation weights are scored on test. Every lr runs every seed; the lr with the best
+mean validation score is kept and its test scores are reported as mean and std over seeds.
+
+Losses: cross-entropy (multiclass, frame; padded frames ignored), BCE (multilabel), MSE on
+targets standardised with the training split's mean and std (regression), and for beats a
+per-frame BCE on a 0/1 "beat here" target. Beat decoding is deliberately simple: a frame is a
+beat when its probability is a local maximum (>= both neighbours) and above
+``beat_threshold``; beat times are frame / frame_rate. MARBLE decodes with madmom's DBN
+instead, so beat scores here are not directly comparable to published MARBLE numbers.
+
+Runs are deterministic for a given seed on CPU: ``torch.manual_seed`` before each model is
+built, a seeded generator for shuffling, and ``torch.use_deterministic_algorithms(True)``
+while training (restored afterwards).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mertkit.eval import metrics
+from mertkit.eval.datasets import TaskSpec
+from mertkit.eval.features import FeatureSplits, SplitData
+
+__all__ = ["ProbeConfig", "ProbeResult", "SeedRun", "TaskSpec", "FeatureSplits", "run_probe", "ProbeError"]
+
+LayerChoice = int | Literal["all", "weighted", "conv1d"]
+
+
+class ProbeError(ValueError):
+    """A probe configuration or feature set that cannot be trained."""
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    kind: Literal["linear", "mlp"] = "linear"
+    layer: LayerChoice = "weighted"
+    lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    max_epochs: int = 100
+    patience: int = 10
+    batch_size: int | None = 64
+    seeds: tuple[int, ...] = (0, 1, 2)
+    weight_decay: float = 0.0
+    hidden_size: int = 512
+    dropout: float = 0.2
+    beat_threshold: float = 0.5
+    beat_tolerance: float = metrics.MARBLE_BEAT_TOLERANCE_S
+    beat_trim: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "mlp"):
+            raise ProbeError(f"probe kind must be 'linear' or 'mlp', got {self.kind!r}")
+        if not (isinstance(self.layer, int) or self.layer in ("all", "weighted", "conv1d")):
+            raise ProbeError(f"layer must be an int, 'all', 'weighted' or 'conv1d', got {self.layer!r}")
+        if not self.lrs or not self.seeds:
+            raise ProbeError("need at least one learning rate and one seed")
+        if self.max_epochs < 1 or self.patience < 1:
+            raise ProbeError("max_epochs and patience must be positive")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ProbeError("batch_size must be positive or None (full batch)")
+
+
+@dataclass
+class SeedRun:
+    seed: int
+    lr: float
+    valid_score: float
+    test_scores: dict[str, float]
+    epochs: int
+    layer_weights: list[float] | None = None
+
+
+@dataclass
+class ProbeResult:
+    """Scores of one probe setting; for ``layer="all"`` the best layer, plus every layer."""
+
+    task: str
+    metric: str
+    probe: str
+    layer: int | str
+    best_lr: float
+    valid_mean: float
+    test_mean: dict[str, float]
+    test_std: dict[str, float]
+    runs: list[SeedRun]
+    valid_by_lr: dict[str, float]
+    layer_weights: list[float] | None = None
+    best_layer: int | None = None
+    per_layer: list[ProbeResult] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        """Mean test score on the task's primary metric."""
+        return self.test_mean[self.metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_probe(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> ProbeResult:
+    """Train and evaluate probes as configured (see the module docstring)."""
+    _check_inputs(task, data, cfg)
+    if cfg.layer == "all":
+        per_layer = [_run_setting(task, data, replace(cfg, layer=k)) for k in range(data.num_layers)]
+        best = max(per_layer, key=lambda result: result.valid_mean)
+        return replace(best, layer="all", best_layer=int(best.layer), per_layer=per_layer)
+    return _run_setting(task, data, cfg)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class LayerAggregator(nn.Module):
+    """Maps [B, L, (T,) D] to [B, (T,) D]: softmax-weighted sum or Conv1d(L -> 1, kernel 1)."""
+
+    def __init__(self, mode: Literal["weighted", "conv1d"], num_layers: int) -> None:
+        super().__init__()
+        self.mode = mode
+        if mode == "weighted":
+            self.logits = nn.Parameter(torch.zeros(num_layers))  # equal weights at the start
+        else:
+            self.conv = nn.Conv1d(num_layers, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "weighted":
+            weights = torch.softmax(self.logits, dim=0)
+            return torch.einsum("bl...,l->b...", x, weights)
+        if x.dim() == 3:
+            return self.conv(x).squeeze(1)
+        batch, layers, frames, width = x.shape
+        folded = x.permute(0, 2, 1, 3).reshape(batch * frames, layers, width)
+        return self.conv(folded).reshape(batch, frames, width)
+
+    def layer_weights(self) -> list[float]:
+        if self.mode == "weighted":
+            return torch.softmax(self.logits.detach(), dim=0).tolist()
+        return self.conv.weight.detach()[0, :, 0].tolist()
+
+
+class Probe(nn.Module):
+    def __init__(self, width: int, outputs: int, cfg: ProbeConfig, aggregator: LayerAggregator | None) -> None:
+        super().__init__()
+        self.aggregator = aggregator
+        if cfg.kind == "linear":
+            self.head: nn.Module = nn.Linear(width, outputs)
+        else:
+            self.head = nn.Sequential(
+                nn.Linear(width, cfg.hidden_size), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden_size, outputs)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.aggregator is not None:
+            x = self.aggregator(x)
+        return self.head(x)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class _Prepared:
+    """Tensors for one split, ready for the model and the loss."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    source: SplitData
+
+
+def _run_setting(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> ProbeResult:
+    scaler = _TargetScaler.fit(task, data.train.y)
+    splits = {name: _prepare(data.split(name), task, cfg, scaler) for name in ("train", "valid", "test")}
+    runs_by_lr = {lr: [_train_seed(task, data, splits, cfg, lr, seed, scaler) for seed in cfg.seeds] for lr in cfg.lrs}
+    valid_by_lr = {lr: float(np.mean([run.valid_score for run in runs])) for lr, runs in runs_by_lr.items()}
+    best_lr = max(cfg.lrs, key=lambda lr: valid_by_lr[lr])  # ties: the first lr in the grid
+    runs = runs_by_lr[best_lr]
+    names = runs[0].test_scores.keys()
+    weights = [run.layer_weights for run in runs if run.layer_weights is not None]
+    return ProbeResult(
+        task=task.name,
+        metric=task.metric,
+        probe=cfg.kind,
+        layer=cfg.layer,
+        best_lr=best_lr,
+        valid_mean=valid_by_lr[best_lr],
+        test_mean={n: float(np.mean([r.test_scores[n] for r in runs])) for n in names},
+        test_std={n: float(np.std([r.test_scores[n] for r in runs])) for n in names},
+        runs=runs,
+        valid_by_lr={repr(lr): score for lr, score in valid_by_lr.items()},
+        layer_weights=np.mean(weights, axis=0).tolist() if weights else None,
+    )
+
+
+def _train_seed(
+    task: TaskSpec,
+    data: FeatureSplits,
+    splits: dict[str, _Prepared],
+    cfg: ProbeConfig,
+    lr: float,
+    seed: int,
+    scaler: _TargetScaler,
+) -> SeedRun:
+    with _deterministic():
+        torch.manual_seed(seed)
+        model = _build_model(task, data, cfg)
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        generator = torch.Generator().manual_seed(seed)
+        best_score, best_state, best_epoch, epoch = -math.inf, copy.deepcopy(model.state_dict()), 0, 0
+        for epoch in range(1, cfg.max_epochs + 1):
+            _train_epoch(model, optimiser, splits["train"], task, cfg, generator)
+            score = _evaluate(model, splits["valid"], task, data, cfg, scaler)[task.metric]
+            if score > best_score:
+                best_score, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
+            elif epoch - best_epoch >= cfg.patience:
+                break
+        model.load_state_dict(best_state)
+        test_scores = _evaluate(model, splits["test"], task, data, cfg, scaler)
+    weights = model.aggregator.layer_weights() if model.aggregator is not None else None
+    return SeedRun(seed, lr, float(best_score), test_scores, epoch, weights)
+
+
+def _build_model(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> Probe:
+    aggregator = None if isinstance(cfg.layer, int) else LayerAggregator(cfg.layer, data.num_layers)
+    return Probe(data.width, task.num_outputs, cfg, aggregator)
+
+
+def _train_epoch(
+    model: Probe, optimiser: torch.optim.Optimizer, train: _Prepared, task: TaskSpec, cfg: ProbeConfig, generator: torch.Generator
+) -> None:
+    model.train()
+    count = train.x.shape[0]
+    order = torch.randperm(count, generator=generator)
+    step = count if cfg.batch_size is None else cfg.batch_size
+    for begin in range(0, count, step):
+        index = order[begin : begin + step]
+        optimiser.zero_grad()
+        loss = _loss(model(train.x[index]), train.y[index], task)
+        loss.backward()
+        optimiser.step()
+
+
+def _loss(outputs: torch.Tensor, targets: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    if task.kind == "multiclass":
+        return nn.functional.cross_entropy(outputs, targets)
+    if task.kind == "frame":
+        return nn.functional.cross_entropy(
+            outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=metrics.IGNORE_INDEX
+        )
+    if task.kind == "multilabel":
+        return nn.functional.binary_cross_entropy_with_logits(outputs, targets)
+    if task.kind == "regression":
+        return nn.functional.mse_loss(outputs, targets)
+    keep = targets != metrics.IGNORE_INDEX
+    return nn.functional.binary_cross_entropy_with_logits(outputs.squeeze(-1)[keep], targets[keep])
+
+
+@torch.no_grad()
+def _evaluate(
+    model: Probe, split: _Prepared, task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig, scaler: _TargetScaler
+) -> dict[str, float]:
+    model.eval()
+    outputs = model(split.x)
+    truth = split.source.y
+    if task.kind == "multiclass":
+        return {"accuracy": metrics.accuracy(truth, outputs.argmax(-1).numpy())}
+    if task.kind == "frame":
+        return {"frame_accuracy": metrics.frame_accuracy(truth, outputs.argmax(-1).numpy())}
+    if task.kind == "multilabel":
+        scores = torch.sigmoid(outputs).numpy()
+        return {
+            "roc_auc": metrics.roc_auc_macro(truth, scores, ignore_degenerate=True),
+            "average_precision": metrics.average_precision_macro(truth, scores, ignore_degenerate=True),
+        }
+    if task.kind == "regression":
+        predicted = scaler.inverse(outputs.numpy())
+        per_target = metrics.r2_per_target(truth, predicted)
+        names = task.labels or tuple(str(i) for i in range(task.num_outputs))
+        return {"r2": float(per_target.mean()), **{f"r2_{n}": float(v) for n, v in zip(names, per_target)}}
+    return {"beat_f": _beat_score(torch.sigmoid(outputs.squeeze(-1)).numpy(), split.source, data, cfg)}
+
+
+def _beat_score(probabilities: np.ndarray, split: SplitData, data: FeatureSplits, cfg: ProbeConfig) -> float:
+    if data.frame_rate is None:
+        raise ProbeError("beat tasks need FeatureSplits.frame_rate")
+    references, estimates = [], []
+    for row in range(probabilities.shape[0]):
+        valid = split.y[row] != metrics.IGNORE_INDEX
+        estimates.append(pick_peaks(probabilities[row][valid], cfg.beat_threshold) / data.frame_rate)
+        if split.beat_times is not None:
+            references.append(split.beat_times[row])
+        else:
+            references.append(np.flatnonzero(split.y[row][valid] == 1) / data.frame_rate)
+    return metrics.mean_beat_f_measure(references, estimates, cfg.beat_tolerance, cfg.beat_trim)
+
+
+def pick_peaks(activation: np.ndarray, threshold: float) -> np.ndarray:
+    """Frame indices that are local maxima (>= both neighbours, first of a plateau) above threshold."""
+    padded = np.r_[-np.inf, activation, -np.inf]
+    centre = padded[1:-1]
+    is_peak = (centre > padded[:-2]) & (centre >= padded[2:]) & (centre >= threshold)
+    return np.flatnonzero(is_peak).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class _TargetScaler:
+    """Standardises regression targets with training-split statistics; identity otherwise."""
+
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @classmethod
+    def fit(cls, task: TaskSpec, train_y: np.ndarray) -> _TargetScaler:
+        if task.kind != "regression":
+            return cls()
+        y = np.asarray(train_y, dtype=np.float64).reshape(len(train_y), -1)
+        std = y.std(axis=0)
+        if np.any(std == 0):
+            raise ProbeError(f"task {task.name!r}: a regression target is constant on the training split")
+        return cls(y.mean(axis=0), std)
+
+    def transform(self, y: np.ndarray) -> np.ndarray:
+        return y if self.mean is None else (y.reshape(len(y), -1) - self.mean) / self.std
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return y if self.mean is None else y * self.std + self.mean
+
+
+def _prepare(split: SplitData, task: TaskSpec, cfg: ProbeConfig, scaler: _TargetScaler) -> _Prepared:
+    x = split.x[:, cfg.layer] if isinstance(cfg.layer, int) else split.x
+    x_tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if task.kind in ("multiclass", "frame"):
+        y_tensor = torch.from_numpy(np.asarray(split.y, dtype=np.int64))
+    else:
+        y_tensor = torch.from_numpy(np.asarray(scaler.transform(split.y), dtype=np.float32))
+    return _Prepared(x_tensor, y_tensor, split)
+
+
+def _check_inputs(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> None:
+    frame_level = task.kind in ("frame", "beat")
+    expected = 4 if frame_level else 3
+    for name in ("train", "valid", "test"):
+        split = data.split(name)
+        if split.x.ndim != expected:
+            shape = "[N, L, T, D]" if frame_level else "[N, L, D]"
+            raise ProbeError(f"{task.kind} task {task.name!r}: {name} features must be {shape}, got {split.x.shape}")
+        if split.x.shape[1:2] != data.train.x.shape[1:2] or split.x.shape[-1] != data.width:
+            raise ProbeError(f"{name} features {split.x.shape} do not match train {data.train.x.shape}")
+    if isinstance(cfg.layer, int) and not 0 <= cfg.layer < data.num_layers:
+        raise ProbeError(f"layer {cfg.layer} is out of range for {data.num_layers} hidden states")
+    if task.kind == "multiclass":
+        _check_class_ids(data, task)
+
+
+def _check_class_ids(data: FeatureSplits, task: TaskSpec) -> None:
+    for name in ("train", "valid", "test"):
+        y = data.split(name).y
+        if y.ndim != 1 or y.min() < 0 or y.max() >= task.num_outputs:
+            raise ProbeError(f"{name} targets must be class ids in [0, {task.num_outputs}), got shape {y.shape}")
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
