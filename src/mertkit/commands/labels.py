@@ -1,0 +1,71 @@
+"""`mert labels`: compute a corpus's pre-training teacher labels (EnCodec codes) offline.
+
+    mert labels --teacher encodec --weights PATH IN_DIR OUT_DIR [--device cpu] [--bandwidth 6]
+
+Writes `OUT_DIR/codes/<audio>.npy` and `OUT_DIR/manifest.jsonl` (see `mertkit.labels`),
+validates the result, prints a summary and exits with status 1 when any file failed.
+Re-running the same command resumes: finished files are skipped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["labels"]
+
+MAX_FAILURES_SHOWN = 20
+
+
+def _load_teacher(weights: Path, device: str, bandwidth: float):
+    from mertkit.teachers.encodec import EncodecError, EncodecTeacher, load_encodec
+
+    try:
+        return EncodecTeacher(load_encodec(weights, device=device), bandwidth=bandwidth)
+    except EncodecError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _print_failures(failed: list[tuple[str, str]]) -> None:
+    for path, reason in failed[:MAX_FAILURES_SHOWN]:
+        click.echo(f"  FAILED {path}: {reason}", err=True)
+    if len(failed) > MAX_FAILURES_SHOWN:
+        click.echo(f"  ... and {len(failed) - MAX_FAILURES_SHOWN} more (see the manifest)", err=True)
+
+
+@click.command("labels")
+@click.option(
+    "--teacher", type=click.Choice(["encodec"]), default="encodec", show_default=True,
+    help="Label teacher (MERT-v1: EnCodec 24 kHz codes).",
+)
+@click.option(
+    "--weights", required=True, type=click.Path(exists=True, path_type=Path),
+    help="EnCodec weights: a Hugging Face facebook/encodec_24khz directory, a .safetensors file, "
+    "or the original encodec_24khz-d7cc33bc.th.",
+)
+@click.option("--device", default="cpu", show_default=True, help="torch device for the teacher.")
+@click.option(
+    "--bandwidth", type=float, default=6.0, show_default=True,
+    help="EnCodec bandwidth in kbps (6 -> 8 codebooks, the MERT-v1 recipe).",
+)
+@click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def labels(teacher: str, weights: Path, device: str, bandwidth: float, in_dir: Path, out_dir: Path) -> None:
+    """Write frame-aligned teacher labels for every audio file in IN_DIR to OUT_DIR."""
+    from mertkit.labels import LabelsError, validate_labels, write_labels
+
+    labeller = _load_teacher(weights, device, bandwidth)
+    try:
+        summary = write_labels(in_dir, out_dir, labeller, sample_rate=labeller.sample_rate,
+                               frame_rate=labeller.sample_rate // labeller.hop_length)
+        check = validate_labels(out_dir)
+    except LabelsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"{teacher}: {summary.written} written, {summary.skipped} already done, "
+        f"{len(summary.failed)} failed; {check.files_ok} files / {check.total_frames} frames "
+        f"of labels valid in {out_dir}"
+    )
+    if summary.failed:
+        _print_failures(summary.failed)
+        click.get_current_context().exit(1)
