@@ -143,3 +143,22 @@ def test_tampered_pickle_is_refused_without_running_code(tmp_path):
     with pytest.raises(CheckpointError, match="weights_only"):
         mertkit.load(ckpt)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("padded", [False, True])
+def test_training_path_matches_inference_path(layout, padded):
+    """With autograd recording, the model takes the standard ops; without, the fused fast
+    kernels. Both must give the same hidden states."""
+    torch.manual_seed(0)
+    model = MertModel(tiny_config(layout)).eval()
+    wave = torch.randn(2, 9000)
+    lengths = torch.tensor([9000, 6100]) if padded else None
+    with torch.no_grad():
+        fast = model(wave, lengths).hidden_states
+    slow = model(wave, lengths).hidden_states  # grad enabled: parameters require grad
+    assert slow[-1].requires_grad
+    for i, (a, b) in enumerate(zip(fast, slow)):
+        assert torch.allclose(a, b.detach(), atol=1e-5), f"state {i}: {(a - b.detach()).abs().max():.2e}"
+    slow[-1].sum().backward()
+    assert model.encoder.layers[0].attention.q_proj.weight.grad is not None

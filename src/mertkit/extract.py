@@ -1,4 +1,4 @@
-"""Features from waveforms: windows, exact batching, layer choice, pooling.
+"""Features from waveforms: windows, streaming, exact batching, layer choice, pooling.
 
 Windows. A file of N samples is cut into windows of `window` seconds every `hop` seconds
 (hop defaults to window; `window=0` means the whole file in one pass):
@@ -11,25 +11,38 @@ Windows. A file of N samples is cut into windows of `window` seconds every `hop`
 The last window holds whatever is left (it is run at its own length, never padded into the
 model); a remainder shorter than one frame (400 samples) is dropped, except when it is the
 whole file, which is then an error. With overlap, each frame is kept from one window only:
-windows hand over at the middle of their overlap.
+windows hand over at the middle of their overlap (the stitching rule).
 
 Frame timestamps. Frame j of a window starting at sample s sees samples
 [s + 320 j, s + 320 j + 400): its timestamp is the centre of that span, (s + 320 j + 200) / sr.
+(320 and 400 are the hop and receptive field at 24 kHz; other configs use their own.)
 
-Batching. Windows of several files share batches; items of different lengths are padded and
-their true lengths passed to the model, whose statistics ignore padding, so a batch gives the
-same numbers as running each window alone.
+Streaming. A track is never needed whole. `Windower` cuts the windows of `window_plan` out of
+a stream of audio blocks as soon as each is certain (enough audio follows it to know whether
+another window comes after it), and each finished window goes straight to a per-track sink:
+running sums and maxima for pooled output, the kept frames for frame-level output (which a
+sink may write to disk as they come). Peak memory is then a few windows and batches,
+whatever the track length. `window=0` (one pass over the whole file) needs it whole.
+
+Batching. Windows of any tracks share batches. They are bucketed by length: a bucket that
+reaches `batch_size` runs as one equal-length batch, the fast path with no masks. Leftovers
+(last windows of tracks, of various lengths) run together, longest first, padded, with their
+true lengths passed to the model, whose statistics ignore padding. Either way a batch gives
+the same numbers (to float rounding, <= 1e-5) as running each window alone.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from mertkit.model import MertModel
+from mertkit.pipeline import BLOCK, END, FAILED, DecodeEvent
 
 POOLINGS = ("none", "mean", "max")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,22 +86,38 @@ class Features:
     window_starts: np.ndarray  # [windows] seconds
     window_ends: np.ndarray
     window_pooled: np.ndarray | None  # [windows, layers, width], pooled output only
+    duration: float | None = None  # seconds of audio (at the model rate) the features cover
 
 
-@dataclass
-class _Window:
-    job: _Job
+@dataclass(frozen=True)
+class JobFailure:
+    """Why one input produced nothing (its other inputs are unaffected)."""
+
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------
+# Windows
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Window:
+    """One model input cut from a track. Frames whose centre (in samples) lies in
+    [keep_from, keep_until) belong to the stitched output; the rest belong to a neighbour."""
+
     index: int
     start: int
     end: int
+    samples: np.ndarray
+    keep_from: float
+    keep_until: float
 
 
-@dataclass
-class _Job:
-    key: object
-    wave: np.ndarray
-    plan: list[tuple[int, int]]
-    results: dict[int, np.ndarray] = field(default_factory=dict)  # window -> [layers, frames, width]
+def _window_sizes(sample_rate: int, window: float, hop: float | None, min_samples: int) -> tuple[int, int]:
+    size = max(int(round(window * sample_rate)), min_samples)
+    step = int(round((hop or window) * sample_rate))
+    if step < 1:
+        raise ExtractError(f"hop of {hop or window} s is shorter than one sample at {sample_rate} Hz")
+    return size, step
 
 
 def window_plan(num_samples: int, sample_rate: int, window: float, hop: float | None, min_samples: int) -> list[tuple[int, int]]:
@@ -100,8 +129,7 @@ def window_plan(num_samples: int, sample_rate: int, window: float, hop: float | 
         )
     if not window:
         return [(0, num_samples)]
-    size = max(int(round(window * sample_rate)), min_samples)
-    step = int(round((hop or window) * sample_rate))
+    size, step = _window_sizes(sample_rate, window, hop, min_samples)
     plan = []
     start = 0
     while True:
@@ -113,10 +141,218 @@ def window_plan(num_samples: int, sample_rate: int, window: float, hop: float | 
         start += step
 
 
-class Extractor:
-    """Runs a model over waveforms (at the model's rate) and assembles per-input features."""
+class Windower:
+    """`window_plan` as a stream: push audio blocks, get each window once it is certain.
 
-    def __init__(self, model: MertModel, options: ExtractOptions = ExtractOptions(), *, do_normalize: bool | None = None):
+    A full window [s, s + size) is certain to be followed by another one once the stream holds
+    more than s + size samples and at least s + step + min_samples (so the next window is not a
+    dropped short remainder). The rest is decided by `finish`, from the final length. Only the
+    audio from the next window's start on is kept.
+    """
+
+    def __init__(self, sample_rate: int, window: float, hop: float | None, min_samples: int):
+        self.sample_rate, self.window, self.hop, self.min_samples = sample_rate, window, hop, min_samples
+        self.size, self.step = _window_sizes(sample_rate, window, hop, min_samples) if window else (0, 0)
+        self.total = 0  # samples pushed so far
+        self.count = 0  # windows emitted so far
+        self._pieces: list[np.ndarray] = []  # the audio from sample self._kept_from on
+        self._kept_from = 0
+        self._prev_end: int | None = None
+
+    def push(self, block: np.ndarray) -> list[Window]:
+        block = _checked_block(block)
+        self._pieces.append(block)
+        self.total += len(block)
+        windows = []
+        while self.window and self.total >= self._certain_at(self.count * self.step):
+            start = self.count * self.step
+            windows.append(self._cut(start, start + self.size, start + self.step))
+        if windows:
+            self._forget_before(self.count * self.step)
+        return windows
+
+    def finish(self) -> list[Window]:
+        """The remaining windows, now that the length is known; ExtractError if too short."""
+        plan = window_plan(self.total, self.sample_rate, self.window, self.hop, self.min_samples)
+        windows = []
+        for index in range(self.count, len(plan)):
+            start, end = plan[index]
+            following = plan[index + 1][0] if index + 1 < len(plan) else None
+            windows.append(self._cut(start, end, following))
+        self._pieces = []
+        return windows
+
+    def _certain_at(self, start: int) -> int:
+        return max(start + self.size + 1, start + self.step + self.min_samples)
+
+    def _cut(self, start: int, end: int, following: int | None) -> Window:
+        if len(self._pieces) > 1:
+            self._pieces = [np.concatenate(self._pieces)]
+        samples = self._pieces[0][start - self._kept_from : end - self._kept_from].copy()
+        keep_from = -math.inf if self._prev_end is None else (self._prev_end + start) / 2
+        keep_until = math.inf if following is None else (end + following) / 2
+        window = Window(self.count, start, end, samples, keep_from, keep_until)
+        self.count += 1
+        self._prev_end = end
+        return window
+
+    def _forget_before(self, position: int) -> None:
+        buffer = np.concatenate(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
+        self._pieces = [buffer[position - self._kept_from :].copy()]
+        self._kept_from = position
+
+
+def _checked_block(block: np.ndarray) -> np.ndarray:
+    block = np.asarray(block, dtype=np.float32)
+    if block.ndim != 1:
+        raise ExtractError(f"expected a mono waveform [samples], got shape {block.shape}")
+    if not np.isfinite(block).all():
+        raise ExtractError("waveform contains NaN or Inf samples")
+    return block
+
+
+# ---------------------------------------------------------------------------------------
+# Per-window results and per-track sinks
+# ---------------------------------------------------------------------------------------
+@dataclass
+class WindowOutput:
+    """What the model gave for one window: the kept frames (frame-level output) or, for
+    pooled output, the window's pool over all its frames and the sums/maxima of its kept frames."""
+
+    index: int
+    start: int
+    end: int
+    timestamps: np.ndarray  # [kept] seconds
+    frames: np.ndarray | None = None  # [layers, kept, width] float32
+    pooled: np.ndarray | None = None  # [layers, width]
+    kept_sum: np.ndarray | None = None  # [layers, width] float64
+    kept_max: np.ndarray | None = None  # [layers, width]
+
+
+class Sink(Protocol):
+    """Receives one track's window outputs in window order."""
+
+    def add(self, output: WindowOutput) -> None: ...
+
+    def finish(self, num_samples: int) -> object: ...
+
+    def abort(self) -> None: ...
+
+
+class FeatureSink:
+    """Assembles one track's `Features` in memory: all kept frames for pool 'none', else only
+    running accumulators plus the (tiny) per-window pooled vectors."""
+
+    def __init__(self, layers: tuple[int, ...], pool: str, sample_rate: int):
+        self.layers, self.pool, self.sample_rate = layers, pool, sample_rate
+        self.frames: list[np.ndarray] = []
+        self.stamps: list[np.ndarray] = []
+        self.bounds: list[tuple[int, int]] = []
+        self.window_pooled: list[np.ndarray] = []
+        self.total: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, output: WindowOutput) -> None:
+        self.bounds.append((output.start, output.end))
+        if self.pool == "none":
+            self.frames.append(np.ascontiguousarray(output.frames))  # a copy: frees the batch array
+            self.stamps.append(output.timestamps)
+            return
+        self.window_pooled.append(output.pooled)
+        self.count += len(output.timestamps)
+        if self.pool == "mean":
+            self.total = output.kept_sum if self.total is None else self.total + output.kept_sum
+        else:
+            self.total = output.kept_max if self.total is None else np.maximum(self.total, output.kept_max)
+
+    def finish(self, num_samples: int) -> Features:
+        duration = num_samples / self.sample_rate
+        starts = np.array([s for s, _ in self.bounds], dtype=np.float64) / self.sample_rate
+        ends = np.array([e for _, e in self.bounds], dtype=np.float64) / self.sample_rate
+        if self.pool == "none":
+            frames = np.concatenate(self.frames, axis=1)
+            return Features(frames, self.layers, np.concatenate(self.stamps), starts, ends, None, duration)
+        track = self.total / self.count if self.pool == "mean" else self.total
+        return Features(track.astype(np.float32), self.layers, None, starts, ends, np.stack(self.window_pooled),
+                        duration)
+
+    def abort(self) -> None:
+        self.frames.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Batching
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    """One track in flight: its windower, its sink, and outputs that arrived ahead of order."""
+
+    id: int
+    windower: Windower
+    sink: Sink
+    num_windows: int | None = None  # known once its audio ended
+    delivered: int = 0
+    waiting: dict[int, WindowOutput] = field(default_factory=dict)
+    failed: bool = False
+
+    def deliver(self, output: WindowOutput) -> None:
+        self.waiting[output.index] = output
+        while self.delivered in self.waiting:
+            self.sink.add(self.waiting.pop(self.delivered))
+            self.delivered += 1
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and self.num_windows is not None and self.delivered == self.num_windows
+
+
+@dataclass
+class _Pending:
+    job: _Job
+    window: Window
+
+
+class _Batcher:
+    """Length buckets: a full bucket is an equal-length batch; too many leftovers, or the end
+    of the input, run the rest longest first as padded batches."""
+
+    def __init__(self, batch_size: int, max_pending: int):
+        self.batch_size, self.max_pending = batch_size, max_pending
+        self.buckets: dict[int, list[_Pending]] = {}
+        self.pending = 0
+
+    def add(self, item: _Pending) -> list[list[_Pending]]:
+        length = len(item.window.samples)
+        bucket = self.buckets.setdefault(length, [])
+        bucket.append(item)
+        self.pending += 1
+        ready = []
+        if len(bucket) == self.batch_size:
+            ready.append(self.buckets.pop(length))
+            self.pending -= self.batch_size
+        if self.pending > self.max_pending:
+            ready.extend(self.drain())
+        return ready
+
+    def drain(self) -> list[list[_Pending]]:
+        items = sorted(chain.from_iterable(self.buckets.values()), key=lambda p: -len(p.window.samples))
+        self.buckets.clear()
+        self.pending = 0
+        return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+
+
+# ---------------------------------------------------------------------------------------
+# The extractor
+# ---------------------------------------------------------------------------------------
+class Extractor:
+    """Runs a model over waveforms (at the model's rate) and assembles per-input features.
+
+    `compile=True` wraps the model in `torch.compile` (dynamic shapes), on CUDA only: it pays
+    off on a GPU with long runs (see `mert extract --compile`).
+    """
+
+    def __init__(self, model: MertModel, options: ExtractOptions = ExtractOptions(), *,
+                 do_normalize: bool | None = None, compile: bool = False):
         self.model = model
         self.config = model.config
         self.options = options
@@ -124,6 +360,13 @@ class Extractor:
         self.do_normalize = do_normalize if do_normalize is not None else (info.do_normalize if info else False)
         self.context = _default_window(model)
         self.layers = _check_layers(options.layers, self.config.num_hidden_states)
+        if compile and self.device().type != "cuda":
+            # On CPU the model runs fused oneDNN inference kernels that inductor cannot lower.
+            raise ExtractError("compile=True (--compile) needs a CUDA device; on CPU the model already runs "
+                               "fused oneDNN kernels, which torch.compile cannot compile")
+        self._forward = torch.compile(model, dynamic=True) if compile else model
+        # Leftover windows allowed to wait for a same-length partner before running padded.
+        self.max_pending = 2 * options.batch_size
 
     @property
     def window(self) -> float:
@@ -147,86 +390,158 @@ class Extractor:
 
         A waveform that cannot be processed raises ExtractError before any model work for it.
         """
-        pending: list[_Job] = []
-        queue: list[_Window] = []
-        for key, wave in items:
-            job = self._job(key, wave)
-            pending.append(job)
-            queue.extend(_Window(job, i, s, e) for i, (s, e) in enumerate(job.plan))
-            while len(queue) >= self.options.batch_size:
-                self._run_batch(queue[: self.options.batch_size])
-                del queue[: self.options.batch_size]
-                yield from self._finished(pending)
-        while queue:
-            self._run_batch(queue[: self.options.batch_size])
-            del queue[: self.options.batch_size]
-        yield from self._finished(pending)
+        keys: list[object] = []
+
+        def events() -> Iterator[DecodeEvent]:
+            for key, wave in items:
+                wave = self._validated(key, wave)
+                keys.append(key)
+                yield DecodeEvent(BLOCK, len(keys) - 1, wave)
+                yield DecodeEvent(END, len(keys) - 1)
+
+        done: dict[int, Features] = {}
+        next_job = 0
+        for job, outcome in self.run(events(), self.feature_sink):
+            if isinstance(outcome, JobFailure):
+                raise ExtractError(f"{keys[job]}: {outcome.reason}")
+            done[job] = outcome
+            while next_job in done:
+                yield keys[next_job], done.pop(next_job)
+                next_job += 1
+
+    def extract_file(self, path, *, block_seconds: float = 10.0) -> Features:
+        """Features of one audio file, decoded and resampled as a stream (bounded memory for
+        pooled output). Raises AudioError for unreadable files, ExtractError for unusable audio."""
+        from mertkit.audio import stream_audio
+
+        blocks = stream_audio(path, self.config.sample_rate, block_seconds=block_seconds)
+        events = chain((DecodeEvent(BLOCK, 0, block) for block in blocks), [DecodeEvent(END, 0)])
+        ((_, outcome),) = list(self.run(events, self.feature_sink))
+        if isinstance(outcome, JobFailure):
+            raise ExtractError(f"{path}: {outcome.reason}")
+        return outcome
+
+    def feature_sink(self, job: int = 0) -> FeatureSink:
+        """The in-memory sink (`make_sink` for `run`)."""
+        return FeatureSink(self.layers, self.options.pool, self.config.sample_rate)
+
+    def new_windower(self) -> Windower:
+        return Windower(self.config.sample_rate, self.window, self.hop, self.config.receptive_field)
+
+    def run(self, events: Iterable[DecodeEvent], make_sink: Callable[[int], Sink]) -> Iterator[tuple[int, object]]:
+        """The engine: decode events of any number of interleaved jobs in, (job, result) out as
+        each job completes, where result is `make_sink(job).finish(...)` or a JobFailure."""
+        jobs: dict[int, _Job] = {}
+        batcher = _Batcher(self.options.batch_size, self.max_pending)
+        for event in events:
+            job = jobs.get(event.job)
+            if job is None:
+                job = jobs[event.job] = _Job(event.job, self.new_windower(), make_sink(event.job))
+            if event.kind == FAILED:
+                yield self._fail(jobs, job, event.reason)
+                continue
+            try:
+                windows = job.windower.push(event.samples) if event.kind == BLOCK else job.windower.finish()
+            except ExtractError as err:
+                yield self._fail(jobs, job, str(err))
+                continue
+            if event.kind == END:
+                job.num_windows = job.windower.count
+            touched = {job.id: job}
+            for window in windows:
+                for batch in batcher.add(_Pending(job, window)):
+                    touched.update((j.id, j) for j in self._run_batch(batch))
+            yield from self._completed(jobs, touched.values())
+        for batch in batcher.drain():
+            yield from self._completed(jobs, self._run_batch(batch))
+        if jobs:
+            raise RuntimeError(f"decode events ended with jobs {sorted(jobs)} incomplete")
 
     # ---- internals -------------------------------------------------------------------
-    def _job(self, key: object, wave: np.ndarray) -> _Job:
+    def _validated(self, key: object, wave: np.ndarray) -> np.ndarray:
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim != 1:
             raise ExtractError(f"{key}: expected a mono waveform [samples], got shape {wave.shape}")
         if not np.isfinite(wave).all():
             raise ExtractError(f"{key}: waveform contains NaN or Inf samples")
-        plan = window_plan(len(wave), self.config.sample_rate, self.window, self.hop, self.config.receptive_field)
-        return _Job(key, wave, plan)
+        try:
+            window_plan(len(wave), self.config.sample_rate, self.window, self.hop, self.config.receptive_field)
+        except ExtractError as err:
+            raise ExtractError(f"{key}: {err}") from None
+        return wave
 
-    def _finished(self, pending: list[_Job]) -> Iterator[tuple[object, Features]]:
-        while pending and len(pending[0].results) == len(pending[0].plan):
-            job = pending.pop(0)
-            yield job.key, self._assemble(job)
+    @staticmethod
+    def _fail(jobs: dict[int, _Job], job: _Job, reason: str) -> tuple[int, JobFailure]:
+        job.failed = True
+        job.sink.abort()
+        jobs.pop(job.id, None)
+        return job.id, JobFailure(reason)
+
+    @staticmethod
+    def _completed(jobs: dict[int, _Job], touched: Iterable[_Job]) -> Iterator[tuple[int, object]]:
+        for job in sorted(touched, key=lambda j: j.id):
+            if job.complete and jobs.pop(job.id, None) is not None:
+                yield job.id, job.sink.finish(job.windower.total)
 
     @torch.inference_mode()
-    def _run_batch(self, windows: Sequence[_Window]) -> None:
-        chunks = [w.job.wave[w.start : w.end] for w in windows]
+    def _run_batch(self, items: Sequence[_Pending]) -> list[_Job]:
+        items = [p for p in items if not p.job.failed]
+        if not items:
+            return []
+        chunks = [p.window.samples for p in items]
         if self.do_normalize:
             chunks = [_normalize(c) for c in chunks]
-        lengths = torch.tensor([len(c) for c in chunks])
-        batch = torch.zeros(len(chunks), int(lengths.max()))
-        for i, chunk in enumerate(chunks):
-            batch[i, : len(chunk)] = torch.from_numpy(chunk)
         device = self.device()
-        batch = batch.to(device)
-        exact = bool((lengths == lengths[0]).all())
+        batch, lengths = _input_batch(chunks, device)
+        exact = all(n == lengths[0] for n in lengths)
         with _autocast(device, self.options.dtype):
-            out = self.model(batch, None if exact else lengths, max_layer=max(self.layers))
-        states = torch.stack([out.hidden_states[i] for i in self.layers], dim=1).float()  # [B, layers, F, H]
-        for i, w in enumerate(windows):
-            frames = self.config.num_frames(w.end - w.start)
-            w.job.results[w.index] = states[i, :, :frames].cpu().numpy()
+            out = self._forward(batch, None if exact else torch.tensor(lengths), max_layer=max(self.layers))
+        states = torch.stack([out.hidden_states[i] for i in self.layers], dim=1)  # [B, layers, F, H]
+        outputs = self._window_outputs(states, [p.window for p in items])
+        for item, output in zip(items, outputs):
+            item.job.deliver(output)
+        return [p.job for p in items]
 
-    def _assemble(self, job: _Job) -> Features:
-        sr, hop_len = self.config.sample_rate, self.config.hop_length
-        centre = self.config.receptive_field / 2
-        kept, stamps, pooled = [], [], []
-        bounds = _handover_points(job.plan)
-        for w, (start, _end) in enumerate(job.plan):
-            states = job.results[w]
-            t = (start + hop_len * np.arange(states.shape[1]) + centre) / sr
-            keep = (t >= bounds[w][0] / sr) & (t < bounds[w][1] / sr)
-            kept.append(states[:, keep])
-            stamps.append(t[keep])
-            if self.options.pool != "none":
-                pooled.append(_pool(states, self.options.pool))
-        frames = np.concatenate(kept, axis=1)
-        starts = np.array([s for s, _ in job.plan], dtype=np.float64) / sr
-        ends = np.array([e for _, e in job.plan], dtype=np.float64) / sr
+    def _window_outputs(self, states: torch.Tensor, windows: list[Window]) -> list[WindowOutput]:
+        """Per window: keep the frames it owns; pool on the model's device so only small
+        vectors cross to the host for pooled output."""
+        config = self.config
+        centre = config.receptive_field / 2
+        spans, stamps = [], []
+        for w in windows:
+            centres = w.start + config.hop_length * np.arange(config.num_frames(w.end - w.start)) + centre
+            first, stop = np.searchsorted(centres, [w.keep_from, w.keep_until], side="left")
+            spans.append((len(centres), int(first), int(stop)))
+            stamps.append(centres[first:stop] / config.sample_rate)
         if self.options.pool == "none":
-            return Features(frames, self.layers, np.concatenate(stamps), starts, ends, None)
-        return Features(_pool(frames, self.options.pool), self.layers, None, starts, ends, np.stack(pooled))
+            host = states[:, :, : max(stop for _, _, stop in spans)].float().cpu().numpy()
+            return [WindowOutput(w.index, w.start, w.end, t, frames=host[i, :, a:b])
+                    for i, (w, t, (_, a, b)) in enumerate(zip(windows, stamps, spans))]
+        stats = torch.stack([self._pooled_stats(states[i], *span) for i, span in enumerate(spans)]).cpu().numpy()
+        return [
+            WindowOutput(w.index, w.start, w.end, t, pooled=stats[i, 0], kept_sum=stats[i, 1].astype(np.float64),
+                         kept_max=stats[i, 2])
+            for i, (w, t) in enumerate(zip(windows, stamps))
+        ]
+
+    def _pooled_stats(self, states: torch.Tensor, frames: int, first: int, stop: int) -> torch.Tensor:
+        """[3, layers, H]: the window's pool over all its frames, the sum and max of its kept frames."""
+        valid = states[:, :frames].float()
+        pooled = valid.mean(dim=1) if self.options.pool == "mean" else valid.amax(dim=1)
+        kept = valid[:, first:stop]
+        if stop > first:
+            return torch.stack([pooled, kept.sum(dim=1), kept.amax(dim=1)])
+        return torch.stack([pooled, torch.zeros_like(pooled), torch.full_like(pooled, -math.inf)])
 
 
-def _handover_points(plan: list[tuple[int, int]]) -> list[tuple[float, float]]:
-    """Per window, the sample range whose frames it owns: windows hand over mid-overlap."""
-    cuts = [(plan[i][1] + plan[i + 1][0]) / 2 for i in range(len(plan) - 1)]
-    lows = [-math.inf, *cuts]
-    highs = [*cuts, math.inf]
-    return list(zip(lows, highs))
-
-
-def _pool(states: np.ndarray, how: str) -> np.ndarray:
-    return states.mean(axis=1) if how == "mean" else states.max(axis=1)
+def _input_batch(chunks: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    """Zero-padded [B, T] on `device`; on CUDA via pinned memory and an asynchronous copy."""
+    lengths = [len(c) for c in chunks]
+    pinned = device.type == "cuda"
+    batch = torch.zeros(len(chunks), max(lengths), pin_memory=pinned)
+    for i, chunk in enumerate(chunks):
+        batch[i, : len(chunk)] = torch.from_numpy(chunk)
+    return batch.to(device, non_blocking=pinned), lengths
 
 
 def _normalize(chunk: np.ndarray) -> np.ndarray:
@@ -275,10 +590,8 @@ def parse_layers(text: str) -> tuple[int, ...] | None:
 
 def embed_file(model: MertModel, path, *, layers: tuple[int, ...] | None = None, pool: str = "mean",
                window: float | None = None) -> np.ndarray:
-    """Pooled features [layers, width] of one audio file (decoded and resampled to the model rate)."""
-    from mertkit.audio import load_audio
-
+    """Pooled features [layers, width] of one audio file (decoded and resampled to the model
+    rate as a stream, so any length fits in memory)."""
     if pool == "none":
         raise ExtractError("embed_file pools; use Extractor for frame-level features")
-    wave = load_audio(path, model.config.sample_rate)
-    return Extractor(model, ExtractOptions(layers=layers, pool=pool, window=window)).extract(wave).hidden_states
+    return Extractor(model, ExtractOptions(layers=layers, pool=pool, window=window)).extract_file(path).hidden_states

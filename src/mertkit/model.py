@@ -12,6 +12,12 @@ official state dict maps one-to-one (see `mertkit.checkpoint`). The data path:
 Batches may mix lengths: pass `lengths` (valid samples per item) and every statistic is taken
 over each item's own samples (a masked group norm in the front-end, zeroed padding before each
 positional conv, a key mask in attention), so a padded batch equals running each item alone.
+
+Speed (see "Kernels" below): activations of the conv front-end are kept time-major
+([B, T, C] in memory) and, when autograd records nothing (`torch.inference_mode()` /
+`torch.no_grad()`), every matmul and conv goes through oneDNN's fused CPU ops with bias and
+GELU fused in. Training and CUDA take the standard ops; the two agree to float rounding
+(about 1e-6 on the parity fixtures).
 """
 from __future__ import annotations
 
@@ -44,10 +50,89 @@ def frame_mask(frame_lengths: Tensor, num_frames: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------
+# Why: on CPU, F.linear calls MKL's sgemm, which runs an AVX2 path on AMD CPUs, while
+# oneDNN's inference ops use AVX-512 (and AVX512-BF16 for bf16) there, fuse bias and
+# GELU, and take time-major conv inputs without transposes: about 2x the fp32 matmul
+# throughput. They have no autograd formula, so they run only when nothing is recorded.
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _has_onednn_ops() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    ops = torch.ops.mkldnn
+    return all(hasattr(ops, name) for name in ("_linear_pointwise", "_convolution_pointwise"))
+
+
+HAS_ONEDNN_OPS = _has_onednn_ops()
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
+def use_onednn(x: Tensor, weight: Tensor) -> bool:
+    """True when the fused oneDNN inference kernels apply to x @ weight."""
+    return (
+        HAS_ONEDNN_OPS
+        and torch.backends.mkldnn.enabled
+        and x.device.type == "cpu"
+        and x.dtype in _ONEDNN_DTYPES
+        and weight.dtype == x.dtype
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not _autocast_on()
+    )
+
+
+def _gelu_attr(gelu: bool) -> tuple[str, list, str]:
+    # oneDNN's "gelu" with algorithm "none" is the exact erf form, as F.gelu's default.
+    return ("gelu", [], "none") if gelu else ("none", [], "")
+
+
+def linear(x: Tensor, layer: nn.Linear, *, gelu: bool = False) -> Tensor:
+    """layer(x), optionally followed by exact GELU, fused on CPU inference.
+
+    Modules that are not a plain nn.Linear, or that carry hooks, are called as they are.
+    """
+    plain = type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
+    if plain and use_onednn(x, layer.weight):
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, *_gelu_attr(gelu))
+    y = layer(x)
+    return F.gelu(y) if gelu else y
+
+
+def conv1d_time_major(
+    x: Tensor, weight: Tensor, bias: Tensor | None, *, stride: int = 1, padding: int = 0, groups: int = 1,
+    gelu: bool = False,
+) -> Tensor:
+    """conv1d on time-major activations: x [B, T, Cin] -> [B, T', Cout] (time-major in memory).
+
+    The conv runs as a 2-D conv of height 1 in channels-last layout, which is the [B, T, C]
+    memory of x: no transposes, and oneDNN's channels-last kernels are the fast ones.
+    """
+    x4 = x[:, None].permute(0, 3, 1, 2)  # [B, Cin, 1, T] view, channels-last strides
+    w4 = weight[:, :, None, :]
+    if use_onednn(x, weight):
+        y4 = torch.ops.mkldnn._convolution_pointwise(
+            x4, w4, bias, [0, padding], [1, stride], [1, 1], groups, *_gelu_attr(gelu)
+        )
+    else:
+        y4 = F.conv2d(x4, w4, bias, stride=(1, stride), padding=(0, padding), groups=groups)
+        if gelu:
+            y4 = F.gelu(y4)
+    return y4[:, :, 0].transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------
 # Conv feature encoder
 # ---------------------------------------------------------------------------------------
 class ConvLayer(nn.Module):
-    """conv (no bias in releases) -> optional norm -> GELU.
+    """conv (no bias in releases) -> optional norm -> GELU, on time-major [B, T, C] activations.
 
     norm "group": GroupNorm with one group per channel (conv 0 of HuBERT-style models);
     norm "layer": LayerNorm over channels at every frame (every conv of data2vec).
@@ -66,25 +151,70 @@ class ConvLayer(nn.Module):
         return torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1
 
     def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        x = self.conv(x)
+        """x [B, T, Cin] -> [B, T', Cout]; lengths are the valid steps of the output."""
+        conv = self.conv
+        if self.norm == "group" and conv.in_channels == 1 and use_onednn(x, conv.weight):
+            return self._conv_group_norm_folded(x[:, :, 0], lengths)
+        y = conv1d_time_major(x, conv.weight, conv.bias, stride=self.stride, gelu=self.norm is None)
         if self.norm == "group":
-            x = self._group_norm(x, lengths)
-        elif self.norm == "layer":
-            x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
-        return F.gelu(x)
+            return F.gelu(self._group_norm(y, lengths))
+        if self.norm == "layer":
+            return F.gelu(self.layer_norm(y))
+        return y
 
     def _group_norm(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        if lengths is None or bool((lengths == x.shape[-1]).all()):
-            return self.layer_norm(x)
+        """Per-channel norm over time of x [B, T, C]."""
+        norm = self.layer_norm
+        if lengths is None or bool((lengths == x.shape[1]).all()):
+            # Channel-first for the stock kernel: its channels-last variant is less accurate.
+            return norm(x.transpose(1, 2).contiguous()).transpose(1, 2)
         # Statistics over each item's valid steps only: the official code takes them over the
         # padded waveform, which is why its padded batches differ from single runs.
-        norm = self.layer_norm
-        valid = frame_mask(lengths, x.shape[-1])[:, None, :].to(x.dtype)  # [B, 1, T]
+        valid = frame_mask(lengths, x.shape[1])[:, :, None].to(x.dtype)  # [B, T, 1]
         count = lengths.clamp(min=1).to(x.dtype)[:, None, None]
-        mean = (x * valid).sum(-1, keepdim=True) / count
-        var = (((x - mean) * valid) ** 2).sum(-1, keepdim=True) / count
+        mean = (x * valid).sum(1, keepdim=True) / count
+        var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / count
         x = (x - mean) * torch.rsqrt(var + norm.eps)
-        return x * norm.weight[None, :, None] + norm.bias[None, :, None]
+        return x * norm.weight + norm.bias
+
+    def _conv_group_norm_folded(self, wave: Tensor, lengths: Tensor | None) -> Tensor:
+        """conv -> per-channel GroupNorm -> GELU of a mono input in one fused matmul per item.
+
+        The conv is linear in the input windows, so each channel's mean and variance over time
+        follow exactly from the windows' mean (k values) and covariance (k x k), computed in
+        float64; the norm then folds into the conv weight and bias. This replaces three passes
+        over the largest activation of the model ([B, T/5, C]) by one.
+        """
+        windows = wave.unfold(1, self.kernel, self.stride)  # [B, T', k], a view
+        mean_w, cov_w = _window_moments(windows, lengths)  # [B, k], [B, k, k] float64
+        weight = self.conv.weight[:, 0, :].double()  # [C, k]
+        # A conv bias would shift every step of a channel and its mean alike: it cancels.
+        mean = mean_w @ weight.T  # [B, C]
+        var = ((weight @ cov_w) * weight).sum(-1)  # [B, C]: w_c^T cov w_c
+        norm = self.layer_norm
+        scale = norm.weight.double() * torch.rsqrt(var + norm.eps)  # [B, C]
+        shift = norm.bias.double() - mean * scale
+        outputs = [
+            torch.ops.mkldnn._linear_pointwise(
+                windows[i], (weight * scale[i, :, None]).to(wave.dtype), shift[i].to(wave.dtype), *_gelu_attr(True)
+            )
+            for i in range(wave.shape[0])
+        ]
+        return outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
+
+
+def _window_moments(windows: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Mean [B, k] and covariance [B, k, k] (float64) of each item's valid windows."""
+    w64 = windows.double()
+    if lengths is None:
+        mean = w64.mean(1)
+        centred = w64 - mean[:, None]
+        return mean, centred.transpose(1, 2) @ centred / windows.shape[1]
+    valid = frame_mask(lengths, windows.shape[1])[:, :, None].double()
+    count = lengths.clamp(min=1).double()[:, None]
+    mean = (w64 * valid).sum(1) / count
+    centred = (w64 - mean[:, None]) * valid
+    return mean, centred.transpose(1, 2) @ centred / count[:, :, None]
 
 
 class FeatureEncoder(nn.Module):
@@ -102,13 +232,17 @@ class FeatureEncoder(nn.Module):
         self.conv_layers = nn.ModuleList(layers)
 
     def forward(self, waveform: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """[B, T] samples -> ([B, C, F] features, [B] valid frames or None)."""
-        x = waveform[:, None, :]
+        """[B, T] samples -> ([B, C, F] features, [B] valid frames or None).
+
+        The features are a channel-first view of time-major memory: `.transpose(1, 2)` gives
+        a contiguous [B, F, C].
+        """
+        x = waveform[:, :, None]
         for layer in self.conv_layers:
             if lengths is not None:
                 lengths = layer.out_lengths(lengths)
             x = layer(x, lengths)
-        return x, lengths
+        return x.transpose(1, 2), lengths
 
 
 class FeatureProjection(nn.Module):
@@ -121,7 +255,7 @@ class FeatureProjection(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        return self.dropout(self.projection(x))
+        return self.dropout(linear(x, self.projection))
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,12 +275,26 @@ class WeightNormConv1d(nn.Module):
         self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel))
         self.bias = nn.Parameter(torch.zeros(channels))
         nn.init.normal_(self.weight_v, std=(2.0 / (kernel * channels)) ** 0.5)
+        self._folded: tuple[tuple, Tensor] | None = None
 
     def weight(self) -> Tensor:
-        return fold_weight_norm(self.weight_g, self.weight_v)
+        """The folded weight; cached while autograd records nothing, until g or v change."""
+        g, v = self.weight_g, self.weight_v
+        if torch.is_grad_enabled() and (g.requires_grad or v.requires_grad):
+            return fold_weight_norm(g, v)
+        # In-place updates bump _version; .to() and load_state_dict(assign=True) move data.
+        key = (g._version, v._version, g.data_ptr(), v.data_ptr(), g.dtype, g.device)
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, fold_weight_norm(g, v))
+        return self._folded[1]
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [B, C, T] -> [B, C, T + 1 - kernel % 2]."""
         return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
+
+    def forward_time_major(self, x: Tensor, *, gelu: bool = False) -> Tensor:
+        """x [B, T, C] -> [B, T + 1 - kernel % 2, C], optionally followed by GELU."""
+        return conv1d_time_major(x, self.weight(), self.bias, padding=self.padding, groups=self.groups, gelu=gelu)
 
 
 def fold_weight_norm(g: Tensor, v: Tensor) -> Tensor:
@@ -165,10 +313,8 @@ class PositionalConv(nn.Module):
 
     def forward(self, x: Tensor, valid: Tensor | None) -> Tensor:
         """x [B, F, H] with padded frames already zeroed -> positional term [B, F, H]."""
-        y = self.conv(x.transpose(1, 2))
-        if self.trim:
-            y = y[:, :, : -self.trim]
-        return F.gelu(y).transpose(1, 2)
+        y = self.conv.forward_time_major(x, gelu=True)
+        return y[:, : y.shape[1] - self.trim]
 
 
 class Data2VecPositionalLayer(nn.Module):
@@ -181,12 +327,10 @@ class Data2VecPositionalLayer(nn.Module):
         self.trim = 1 if kernel % 2 == 0 else 0
         self.layer_norm = nn.LayerNorm(config.hidden_size, elementwise_affine=False)
 
-    def forward(self, x: Tensor) -> Tensor:  # [B, H, F] -> [B, H, F]
-        x = self.conv(x)
-        if self.trim:
-            x = x[:, :, : -self.trim]
-        x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
-        return F.gelu(x)
+    def forward(self, x: Tensor) -> Tensor:  # [B, F, H] -> [B, F, H]
+        conv = self.conv
+        y = conv1d_time_major(x, conv.weight, conv.bias, padding=conv.padding[0], groups=conv.groups)
+        return F.gelu(self.layer_norm(y[:, : y.shape[1] - self.trim]))
 
 
 class Data2VecPositionalConv(nn.Module):
@@ -197,15 +341,15 @@ class Data2VecPositionalConv(nn.Module):
         self.layers = nn.ModuleList(Data2VecPositionalLayer(config) for _ in range(config.num_conv_pos_embeddings))
 
     def forward(self, x: Tensor, valid: Tensor | None) -> Tensor:
-        y = x.transpose(1, 2)
-        keep = None if valid is None else valid[:, None, :].to(y.dtype)
+        y = x
+        keep = None if valid is None else valid[:, :, None].to(y.dtype)
         for layer in self.layers:
             y = layer(y)
             if keep is not None:
                 # Re-zero padding between convs so it cannot reach valid frames of a batch
                 # item through the next conv: single runs see zeros there.
                 y = y * keep
-        return y.transpose(1, 2)
+        return y
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,11 +372,11 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
         """key_mask: [B, 1, 1, F] bool (True = attend) or None when nothing is padded."""
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        q, k, v = (self._heads(linear(x, proj)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
         batch, _, frames, _ = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(batch, frames, -1))
+        return linear(y.transpose(1, 2).reshape(batch, frames, -1), self.out_proj)
 
 
 class FeedForward(nn.Module):
@@ -244,8 +388,8 @@ class FeedForward(nn.Module):
         self.output_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.intermediate_dropout(F.gelu(self.intermediate_dense(x)))
-        return self.output_dropout(self.output_dense(x))
+        x = self.intermediate_dropout(linear(x, self.intermediate_dense, gelu=True))
+        return self.output_dropout(linear(x, self.output_dense))
 
 
 class EncoderLayer(nn.Module):

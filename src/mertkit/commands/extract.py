@@ -1,4 +1,4 @@
-"""`mert extract INPUT... --model M --out DIR`."""
+"""`mert extract INPUT... --model M --out DIR [--store STORE]`."""
 from __future__ import annotations
 
 import sys
@@ -9,35 +9,96 @@ import click
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--model", "-m", "model_name", required=True, help="Registry name (e.g. MERT-v1-95M), hub id, or checkpoint directory.")
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str), help="Output folder.")
+@click.option("--out", "-o", "out_dir", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Output folder for per-file safetensors.")
+@click.option("--store", "store_dir", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Parquet feature store to add pooled vectors to (one track row + one row per window). "
+                   "Needs --pool mean|max and pyarrow (mertkit[store]).")
+@click.option("--store-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage dtype of the vectors in --store.")
+@click.option("--split", default=None, help="Value of the store's split column for these tracks (e.g. train).")
+@click.option("--shard-rows", type=int, default=1024, show_default=True, help="Rows per committed store shard.")
 @click.option("--layers", default="all", show_default=True, help="'all' or comma-separated hidden-state indices, e.g. 0,6,12.")
 @click.option("--pool", type=click.Choice(["none", "mean", "max"]), default="none", show_default=True)
 @click.option("--window", type=float, default=None, help="Window seconds; 0 = whole file in one pass. Default: the model's pre-training context (5 s).")
 @click.option("--hop", type=float, default=None, help="Hop between windows in seconds (default: the window, no overlap).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Processes decoding and resampling audio while the model runs (0 = in the main process).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="Autocast dtype of the forward pass.")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (CUDA only; worth it for long runs).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine; ray: actors on a Ray cluster (needs --store and mertkit[ray]).")
+@click.option("--address", default=None, help="Ray cluster address (--engine ray); default: start a local one.")
+@click.option("--actors", type=int, default=1, show_default=True, help="Model actors (--engine ray).")
 @click.option("--revision", default=None, help="Hub revision (a pinned one is used for registry names where known).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(inputs, model_name, out_dir, layers, pool, window, hop, batch_size, device, dtype, revision, quiet) -> None:
-    """Extract hidden states from audio files or folders (recursed) into DIR/<file>.safetensors."""
-    from mertkit.checkpoint import CheckpointError, load
+def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_rows, layers, pool, window, hop,
+            batch_size, workers, device, dtype, use_compile, engine, address, actors, revision, quiet) -> None:
+    """Extract hidden states from audio files or folders (recursed) into DIR/<file>.safetensors
+    and/or pooled vectors into a Parquet feature store."""
+    from mertkit.checkpoint import CheckpointError
     from mertkit.config import ConfigError
     from mertkit.extract import ExtractError, ExtractOptions, parse_layers
-    from mertkit.runner import run_extract
+    from mertkit.store import StoreError
 
+    if out_dir is None and store_dir is None:
+        raise click.UsageError("give --out DIR, --store DIR, or both")
+    if workers < 0:
+        raise click.UsageError(f"--workers must be >= 0, got {workers}")
     try:
         options = ExtractOptions(layers=parse_layers(layers), pool=pool, window=window, hop=hop,
                                  batch_size=batch_size, dtype=dtype)
-        model = load(model_name, revision, device=_device(device))
-        report = run_extract(model, inputs, out_dir, options, progress=not quiet)
-    except (CheckpointError, ConfigError, ExtractError) as err:
+        if engine == "ray":
+            report = _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision)
+        else:
+            report = _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows,
+                                workers, device, use_compile, revision, quiet)
+    except (CheckpointError, ConfigError, ExtractError, StoreError) as err:
         raise click.ClickException(str(err)) from err
-    click.echo(f"{len(report.done)} extracted, {len(report.skipped)} already done, {len(report.failed)} failed -> {out_dir}")
+    targets = " and ".join(t for t in (out_dir, store_dir) if t)
+    click.echo(f"{len(report.done)} extracted, {len(report.skipped)} already done, {len(report.failed)} failed -> {targets}")
     for path, reason in report.failed:
         click.echo(f"FAILED {path}: {reason}", err=True)
     if not report.ok:
         sys.exit(1)
+
+
+def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows, workers, device,
+               use_compile, revision, quiet):
+    from mertkit.checkpoint import load
+    from mertkit.runner import StoreOptions, run_extract
+
+    store = None
+    if store_dir is not None:
+        _require_pyarrow()
+        store = StoreOptions(store_dir, dtype=store_dtype, split=split, rows_per_shard=shard_rows)
+    model = load(model_name, revision, device=_device(device))
+    return run_extract(model, inputs, out_dir, options, progress=not quiet, workers=workers, store=store,
+                       compile=use_compile)
+
+
+def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision):
+    if store_dir is None:
+        raise click.UsageError("--engine ray writes to a feature store: give --store DIR")
+    if out_dir is not None:
+        raise click.UsageError("--engine ray writes only the feature store; drop --out")
+    try:
+        import ray  # noqa: F401 - only checks that the extra is installed
+        from mertkit.ray_engine import run_ray_extract
+    except ImportError as err:
+        raise click.ClickException(f"--engine ray needs ray: pip install 'mertkit[ray]' ({err})") from err
+    return run_ray_extract(model_name, list(inputs), store_dir, options, address=address, num_actors=actors,
+                           device=device, revision=revision)
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401 - only checks that the extra is installed
+    except ImportError as err:
+        raise click.ClickException("--store needs pyarrow: pip install 'mertkit[store]'") from err
 
 
 def _device(name: str) -> str:

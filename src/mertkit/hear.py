@@ -1,0 +1,130 @@
+"""The HEAR 2021 API (hear-eval-kit) for MERT-family models.
+
+    import mertkit.hear as module
+    model = module.load_model("MERT-v1-95M")                # a checkpoint dir or registry name; "" = demo
+    scene = module.get_scene_embeddings(audio, model)        # [n_sounds, D]
+    emb, ts = module.get_timestamp_embeddings(audio, model)  # [n_sounds, T, D], [n_sounds, T] in ms
+
+`audio` is a float tensor [n_sounds, n_samples] at `model.sample_rate` (24 kHz for MERT-v1,
+16 kHz for MERT-v0 and music2vec), as hear-eval-kit hands it over.
+
+Which embedding. HEAR wants one vector per frame and per clip, while MERT has L + 1 hidden
+states. `layer="mean"` (the default) averages all of them: MERT's information is spread over
+the layers (MARBLE finds middle layers best for most tasks, the last one rarely), and the
+average is a layer-agnostic summary of the same width. `layer=k` takes hidden state k alone
+(and stops the encoder there). D = hidden_size either way (768 for MERT-v1-95M, 1024 for 330M).
+
+Timestamp embeddings are the model's frames (75 Hz for MERT-v1, 50 Hz for v0 and music2vec),
+computed in windows of the model's pre-training context (5 s; 30 s for music2vec) stitched at
+mid-overlap, each stamped with the centre of the samples it sees, in milliseconds: frame j of
+a window starting at sample s is at 1000 * (s + hop * j + receptive_field / 2) / sample_rate
+(see `mertkit.extract`). Scene embeddings are the time-mean of the timestamp embeddings.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mertkit.extract import ExtractError, Extractor, ExtractOptions
+from mertkit.model import MertModel
+
+__all__ = ["HearError", "HearModel", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
+
+_LOAD_OPTIONS = ("layer", "window", "hop", "device", "dtype", "batch_size")
+
+
+class HearError(ValueError):
+    """A bad argument to the HEAR API (unknown option, audio of the wrong shape or length)."""
+
+
+class HearModel(nn.Module):
+    """A MERT model with the attributes HEAR asks for and the extraction settings to use."""
+
+    def __init__(self, model: MertModel, *, layer: int | str = "mean", window: float | None = None,
+                 hop: float | None = None, dtype: str = "float32", batch_size: int = 8):
+        super().__init__()
+        num_states = model.config.num_hidden_states
+        if layer != "mean" and not (isinstance(layer, int) and 0 <= layer < num_states):
+            raise HearError(f"layer must be 'mean' or a hidden-state index 0..{num_states - 1}, got {layer!r}")
+        self.model = model.eval()
+        self.layer = layer
+        self.sample_rate = model.config.sample_rate
+        self.scene_embedding_size = model.config.hidden_size
+        self.timestamp_embedding_size = model.config.hidden_size
+        layers = None if layer == "mean" else (layer,)
+        try:
+            self.options = ExtractOptions(layers=layers, window=window, hop=hop, dtype=dtype, batch_size=batch_size)
+        except ExtractError as err:
+            raise HearError(str(err)) from None
+
+    def extractor(self, pool: str) -> Extractor:
+        options = ExtractOptions(layers=self.options.layers, pool=pool, window=self.options.window,
+                                 hop=self.options.hop, batch_size=self.options.batch_size, dtype=self.options.dtype)
+        return Extractor(self.model, options)
+
+    def reduce_layers(self, states: np.ndarray) -> np.ndarray:
+        """[layers, ...] -> [...]: the mean over layers, or the one selected layer."""
+        return states.mean(axis=0) if self.layer == "mean" else states[0]
+
+
+def load_model(model_file_path: str = "", **kwargs) -> HearModel:
+    """Load a MERT-family model for HEAR.
+
+    model_file_path: a checkpoint directory, a registry name ("MERT-v1-95M") or hub id, or ""
+    for the offline demo model (`mertkit.demo.demo_model_dir()`).
+    kwargs: layer ("mean" or a hidden-state index), window / hop (seconds; default the model's
+    pre-training context, no overlap), device (default cuda when available), dtype (autocast:
+    float32, bfloat16, float16), batch_size.
+    """
+    from mertkit.checkpoint import load
+
+    unknown = sorted(set(kwargs) - set(_LOAD_OPTIONS))
+    if unknown:
+        raise HearError(f"unknown load_model options {unknown}; known: {list(_LOAD_OPTIONS)}")
+    device = kwargs.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = model_file_path
+    if not path:
+        from mertkit.demo import demo_model_dir
+
+        path = str(demo_model_dir()[0])
+    return HearModel(load(path, device=device), **kwargs)
+
+
+def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, Tensor]:
+    """([n_sounds, n_frames, D] embeddings, [n_sounds, n_frames] timestamps in milliseconds)."""
+    waves = _waveforms(audio, model)
+    embeddings, stamps = [], []
+    for _, features in model.extractor("none").extract_many(enumerate(waves)):
+        embeddings.append(model.reduce_layers(features.hidden_states))
+        stamps.append(features.timestamps * 1000.0)
+    if not embeddings:
+        width = model.timestamp_embedding_size
+        return torch.zeros(0, 0, width, device=audio.device), torch.zeros(0, 0, device=audio.device)
+    return (torch.from_numpy(np.stack(embeddings)).to(audio.device),
+            torch.from_numpy(np.stack(stamps)).float().to(audio.device))
+
+
+def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
+    """[n_sounds, D]: the time-mean of each sound's timestamp embeddings."""
+    waves = _waveforms(audio, model)
+    vectors = [model.reduce_layers(f.hidden_states) for _, f in model.extractor("mean").extract_many(enumerate(waves))]
+    if not vectors:
+        return torch.zeros(0, model.scene_embedding_size, device=audio.device)
+    return torch.from_numpy(np.stack(vectors)).to(audio.device)
+
+
+def _waveforms(audio: Tensor, model: HearModel) -> list[np.ndarray]:
+    if not isinstance(audio, Tensor):
+        raise HearError(f"audio must be a torch.Tensor [n_sounds, n_samples], got {type(audio).__name__}")
+    if audio.dim() != 2:
+        raise HearError(f"audio must be [n_sounds, n_samples] at {model.sample_rate} Hz, got shape {tuple(audio.shape)}")
+    if not audio.is_floating_point():
+        raise HearError(f"audio must be floating point in [-1, 1], got {audio.dtype}")
+    minimum = model.model.config.receptive_field
+    if audio.shape[0] and audio.shape[1] < minimum:
+        raise HearError(f"audio of {audio.shape[1]} samples is shorter than one frame ({minimum} samples "
+                        f"at {model.sample_rate} Hz)")
+    if audio.shape[0] and not bool(torch.isfinite(audio).all()):
+        raise HearError("audio contains NaN or Inf samples")
+    return list(audio.detach().to("cpu", torch.float32).numpy())

@@ -1,0 +1,97 @@
+"""The HEAR API: shapes, sizes, timestamps in ms, batch equals single, layer choice, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mertkit.hear as hear
+from mertkit.checkpoint import save_pretrained
+from mertkit.model import MertModel
+from model_fixtures import tiny_config
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_pretrained(MertModel(tiny_config("post_ln", sample_rate=16000)), tmp_path_factory.mktemp("h") / "m",
+                           formats=("safetensors",), do_normalize=True)
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    return hear.load_model(str(ckpt), device="cpu", window=1.0)
+
+
+def _audio(n_sounds: int, seconds: float, rate: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.3 * torch.randn(n_sounds, int(seconds * rate), generator=g)
+
+
+def test_model_attributes(model):
+    assert isinstance(model, torch.nn.Module)
+    assert model.sample_rate == 16000
+    assert model.scene_embedding_size == model.timestamp_embedding_size == 32
+
+
+def test_timestamp_embeddings_shapes_and_times(model):
+    audio = _audio(3, 2.5, 16000)
+    embeddings, stamps = hear.get_timestamp_embeddings(audio, model)
+    config = model.model.config
+    # 1 s windows: two full windows and a 0.5 s tail, each with its own frames
+    frames = 2 * config.num_frames(16000) + config.num_frames(8000)
+    assert embeddings.shape == (3, frames, 32) and stamps.shape == (3, frames)
+    assert embeddings.dtype == torch.float32 and stamps.dtype == torch.float32
+    hop, centre = config.hop_length, config.receptive_field / 2
+    first = (np.arange(config.num_frames(16000)) * hop + centre) / 16000 * 1000
+    np.testing.assert_allclose(stamps[0, : len(first)].numpy(), first, rtol=1e-6)
+    second_start = 16000 + centre
+    assert stamps[0, len(first)].item() == pytest.approx(second_start / 16000 * 1000, rel=1e-6)
+    assert torch.all(stamps[:, 1:] > stamps[:, :-1]) and torch.equal(stamps[0], stamps[2])
+    assert stamps.max().item() < 2500
+
+
+def test_batch_equals_single_and_scene_is_time_mean(model):
+    audio = _audio(3, 1.7, 16000, seed=1)
+    batch, _ = hear.get_timestamp_embeddings(audio, model)
+    scene = hear.get_scene_embeddings(audio, model)
+    assert scene.shape == (3, 32)
+    for i in range(3):
+        alone, _ = hear.get_timestamp_embeddings(audio[i : i + 1], model)
+        torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(scene[i], batch[i].mean(dim=0), atol=1e-5, rtol=0)
+
+
+def test_layer_choice(ckpt):
+    audio = _audio(2, 1.2, 16000, seed=2)
+    mean_model = hear.load_model(str(ckpt), device="cpu")
+    one = hear.load_model(str(ckpt), device="cpu", layer=2)
+    # 1.2 s is one window at the default 5 s context; the checkpoint normalises its inputs
+    normalised = (audio - audio.mean(1, keepdim=True)) / torch.sqrt(audio.var(1, unbiased=False, keepdim=True) + 1e-7)
+    with torch.no_grad():
+        states = mean_model.model(normalised).hidden_states
+    expected_mean = torch.stack(states).mean(dim=0)
+    got_mean, _ = hear.get_timestamp_embeddings(audio, mean_model)
+    got_one, _ = hear.get_timestamp_embeddings(audio, one)
+    torch.testing.assert_close(got_mean, expected_mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_one, states[2], atol=1e-5, rtol=1e-5)
+
+
+def test_empty_default_path_uses_the_demo_model(ckpt, monkeypatch):
+    import mertkit.demo
+
+    monkeypatch.setattr(mertkit.demo, "demo_model_dir", lambda: (ckpt, True))
+    assert hear.load_model("", device="cpu").sample_rate == 16000
+
+
+def test_bad_arguments(model, ckpt):
+    with pytest.raises(hear.HearError, match="unknown load_model options"):
+        hear.load_model(str(ckpt), colour="red")
+    with pytest.raises(hear.HearError, match="layer"):
+        hear.load_model(str(ckpt), device="cpu", layer=99)
+    with pytest.raises(hear.HearError, match=r"\[n_sounds, n_samples\]"):
+        hear.get_scene_embeddings(torch.zeros(16000), model)
+    with pytest.raises(hear.HearError, match="shorter than one frame"):
+        hear.get_timestamp_embeddings(torch.zeros(2, 100), model)
+    with pytest.raises(hear.HearError, match="NaN"):
+        hear.get_scene_embeddings(torch.full((1, 16000), float("nan")), model)
