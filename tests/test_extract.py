@@ -114,3 +114,16 @@ def test_bad_options_and_inputs(model):
     assert parse_layers("all") is None and parse_layers("0, 3") == (0, 3)
     with pytest.raises(ExtractError):
         parse_layers("top")
+
+
+def test_bfloat16_model_runs_natively_close_to_fp32(model):
+    import copy
+
+    wave = np.random.default_rng(6).standard_normal(SR).astype(np.float32)
+    ref = Extractor(model, ExtractOptions(window=0)).extract(wave).hidden_states
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    got = Extractor(half, ExtractOptions(window=0, dtype="bfloat16")).extract(wave).hidden_states
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+    assert cos.min() > 0.99
+    assert np.abs(got - ref).max() > 0  # it really ran in reduced precision

@@ -493,8 +493,10 @@ class Extractor:
             chunks = [_normalize(c) for c in chunks]
         device = self.device()
         batch, lengths = _input_batch(chunks, device)
+        weights = next(self.model.parameters()).dtype
+        batch = batch.to(weights)  # a model loaded in bf16/fp16 runs natively (fastest on CPU)
         exact = all(n == lengths[0] for n in lengths)
-        with _autocast(device, self.options.dtype):
+        with _autocast(device, self.options.dtype, weights):
             out = self._forward(batch, None if exact else torch.tensor(lengths), max_layer=max(self.layers))
         states = torch.stack([out.hidden_states[i] for i in self.layers], dim=1)  # [B, layers, F, H]
         outputs = self._window_outputs(states, [p.window for p in items])
@@ -549,8 +551,9 @@ def _normalize(chunk: np.ndarray) -> np.ndarray:
     return ((chunk - chunk.mean()) / np.sqrt(chunk.var() + 1e-7)).astype(np.float32)
 
 
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "float32":
+def _autocast(device: torch.device, dtype: str, weights: torch.dtype):
+    """Autocast only for an fp32 model asked to run in half precision."""
+    if dtype == "float32" or weights != torch.float32:
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=DTYPES[dtype])
 

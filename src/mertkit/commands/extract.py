@@ -75,7 +75,10 @@ def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, spl
     if store_dir is not None:
         _require_pyarrow()
         store = StoreOptions(store_dir, dtype=store_dtype, split=split, rows_per_shard=shard_rows)
-    model = load(model_name, revision, device=_device(device))
+    from mertkit.extract import DTYPES
+
+    # Half precision runs the weights natively (the fused CPU kernels need no autocast).
+    model = load(model_name, revision, device=_device(device), dtype=DTYPES[options.dtype])
     return run_extract(model, inputs, out_dir, options, progress=not quiet, workers=workers, store=store,
                        compile=use_compile)
 
