@@ -1,0 +1,262 @@
+"""`PretrainConfig`: everything that describes a pre-training run, in one flat dataclass.
+
+In the spirit of nanoGPT's config: plain fields with the MERT-v1 recipe as defaults (numbers
+from MODELS.md section 5), presets as JSON files (`mertkit/presets/{tiny,95m,330m}.json`),
+command-line overrides as `key=value` strings, and the whole thing saved as a dict inside
+every checkpoint so a run can always be resumed or exported without the original files.
+
+`model` holds the backbone's `MertConfig` as a dict with the official `config.json` field
+names, so what is trained is exactly what `mert export` writes and `mertkit.load` reads.
+Unknown keys are refused everywhere (a typo in a preset or an override is an error, not a
+silently ignored setting).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mertkit.config import ConfigError, MertConfig
+
+PRESET_NAMES = ("tiny", "95m", "330m")
+OBJECTIVES = ("mlm", "data2vec")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class PretrainConfigError(ValueError):
+    """A pre-training config, preset or override that cannot be used."""
+
+
+@dataclass
+class PretrainConfig:
+    # ---- the backbone (official config.json field names) --------------------------------
+    model: dict[str, Any] = field(default_factory=lambda: MertConfig().to_dict())
+    objective: str = "mlm"  # "mlm" (MERT) or "data2vec" (music2vec)
+    # ---- targets --------------------------------------------------------------------------
+    label_rate: int = 75  # label frames per second; must equal the model's frame rate
+    n_codebooks: int = 8
+    codebook_size: int = 1024
+    final_dim: int = 64
+    logit_temp: float = 0.1
+    cqt: bool = True
+    cqt_bins: int = 336
+    cqt_fmin: float = 32.7
+    cqt_bins_per_octave: int = 48
+    # ---- masking (span starts with probability mask_prob, HuBERT-style) -------------------
+    mask_prob: float = 0.8
+    mask_length: int = 5
+    mask_min_masks: int = 2
+    # ---- in-batch noise mixture -----------------------------------------------------------
+    mixture_prob: float = 0.5
+    mixture_min_segments: int = 1
+    mixture_max_segments: int = 3
+    mixture_min_samples: int = 12000  # 0.5 s at 24 kHz
+    mixture_max_samples: int = 24000  # 1.0 s (95M); 36000 = 1.5 s for 330M
+    mixture_volume: float = 1.0
+    # ---- loss weights ---------------------------------------------------------------------
+    ce_weight: float = 1.0
+    penalty_weight: float = 10.0
+    cqt_weight: float = 1.0
+    # ---- data2vec objective (music2vec) ---------------------------------------------------
+    d2v_top_k: int = 8
+    d2v_ema_decay: float = 0.999
+    d2v_ema_end_decay: float = 0.9999
+    d2v_ema_anneal_updates: int = 30000
+    # ---- optimisation ---------------------------------------------------------------------
+    lr: float = 5e-4
+    end_lr: float = 0.0
+    warmup_updates: int = 32000
+    total_updates: int = 400000
+    lr_decay_power: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-6
+    weight_decay: float = 0.01
+    clip_norm: float = 10.0  # 0 disables clipping (the norm is still logged)
+    grad_accum: int = 1
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
+    feature_grad_mult: float = 0.1
+    # ---- data -----------------------------------------------------------------------------
+    crop_seconds: float = 5.0
+    min_crop_seconds: float = 3.0
+    batch_size: int = 8  # clips per process per micro-batch
+    num_workers: int = 0
+    seed: int = 1
+    # ---- bookkeeping ----------------------------------------------------------------------
+    log_interval: int = 10
+    ckpt_interval: int = 1000
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+    init_from: str | None = None  # released checkpoint dir / name for continued pre-training
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- derived --------------------------------------------------------------------------
+    def mert_config(self) -> MertConfig:
+        try:
+            return MertConfig.from_dict(self.model, source="PretrainConfig.model")
+        except ConfigError as err:
+            raise PretrainConfigError(str(err)) from err
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mert_config().sample_rate
+
+    @property
+    def crop_samples(self) -> int:
+        return round(self.crop_seconds * self.sample_rate)
+
+    @property
+    def min_crop_samples(self) -> int:
+        return round(self.min_crop_seconds * self.sample_rate)
+
+    # ---- validation -----------------------------------------------------------------------
+    def validate(self) -> None:
+        mert = self.mert_config()
+        checks = [
+            (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (abs(mert.frame_rate - self.label_rate) < 1e-9,
+             f"label_rate {self.label_rate} Hz differs from the model's frame rate {mert.frame_rate} Hz"),
+            (mert.mask_time_prob > 0, "model.mask_time_prob must be > 0 so the model has masked_spec_embed"),
+            (0 < self.mask_prob <= 1 and self.mask_length >= 1 and self.mask_min_masks >= 0,
+             "mask_prob must be in (0, 1], mask_length >= 1, mask_min_masks >= 0"),
+            (0 <= self.mixture_prob <= 1, f"mixture_prob must be in [0, 1], got {self.mixture_prob}"),
+            (1 <= self.mixture_min_segments <= self.mixture_max_segments,
+             "need 1 <= mixture_min_segments <= mixture_max_segments"),
+            (1 <= self.mixture_min_samples <= self.mixture_max_samples,
+             "need 1 <= mixture_min_samples <= mixture_max_samples"),
+            (self.n_codebooks >= 1 and self.codebook_size >= 2 and self.final_dim >= 1, "bad target sizes"),
+            (self.logit_temp > 0, "logit_temp must be > 0"),
+            (self.grad_accum >= 1 and self.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
+            (0 <= self.warmup_updates <= self.total_updates and self.total_updates >= 1,
+             "need 0 <= warmup_updates <= total_updates and total_updates >= 1"),
+            (0 < self.min_crop_seconds <= self.crop_seconds, "need 0 < min_crop_seconds <= crop_seconds"),
+            (self.min_crop_samples >= mert.receptive_field,
+             f"min_crop_seconds gives fewer samples than one frame ({mert.receptive_field})"),
+            (self.objective != "data2vec" or 1 <= self.d2v_top_k <= mert.num_hidden_layers,
+             "d2v_top_k must be in 1..num_hidden_layers"),
+            (self.log_interval >= 1 and self.ckpt_interval >= 1 and self.keep_checkpoints >= 1,
+             "log_interval, ckpt_interval and keep_checkpoints must be >= 1"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise PretrainConfigError("invalid pre-training config: " + "; ".join(problems))
+
+    # ---- dict / JSON ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> PretrainConfig:
+        if not isinstance(data, dict):
+            raise PretrainConfigError(f"{source}: expected a JSON object")
+        unknown = sorted(set(data) - _field_names())
+        if unknown:
+            raise PretrainConfigError(f"{source}: unknown pre-training settings {unknown}")
+        values = {name: _coerce(name, value, source) for name, value in data.items()}
+        if "model" in values:
+            values["model"] = _full_model_dict(values["model"], source)
+        try:
+            return cls(**values)
+        except PretrainConfigError as err:
+            raise PretrainConfigError(f"{source}: {err}") from err
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> PretrainConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise PretrainConfigError(f"{path}: no such config file") from err
+        except json.JSONDecodeError as err:
+            raise PretrainConfigError(f"{path}: not valid JSON ({err})") from err
+        return cls.from_dict(data, source=str(path))
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def with_overrides(self, overrides: list[str]) -> PretrainConfig:
+        """Apply `key=value` strings; `model.hidden_size=256` reaches into the backbone config.
+
+        Values are parsed as JSON when they are valid JSON (numbers, true/false, null, lists)
+        and taken as plain strings otherwise.
+        """
+        data = self.to_dict()
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise PretrainConfigError(f"override {item!r} is not of the form key=value")
+            value = _parse_value(raw)
+            if key.startswith("model."):
+                data["model"][key[len("model."):]] = value
+            elif key in _field_names():
+                data[key] = value
+            else:
+                raise PretrainConfigError(f"override {item!r}: unknown setting {key!r}")
+        return PretrainConfig.from_dict(data, source="overrides")
+
+
+def load_config(name_or_path: str | os.PathLike) -> PretrainConfig:
+    """A preset by name (`tiny`, `95m`, `330m`) or a JSON file."""
+    if str(name_or_path) in PRESET_NAMES:
+        text = resources.files("mertkit").joinpath("presets", f"{name_or_path}.json").read_text()
+        return PretrainConfig.from_dict(json.loads(text), source=f"preset {name_or_path}")
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise PretrainConfigError(f"{name_or_path}: neither a preset ({', '.join(PRESET_NAMES)}) nor a JSON file")
+    return PretrainConfig.from_json(path)
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+def _field_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(PretrainConfig)}
+
+
+def _full_model_dict(model: Any, source: str) -> dict[str, Any]:
+    """A partial backbone dict (a preset lists only what differs) completed with MertConfig defaults."""
+    if not isinstance(model, dict):
+        raise PretrainConfigError(f"{source}: 'model' must be an object of config.json fields")
+    full = MertConfig().to_dict()
+    full.update(model)
+    try:
+        return MertConfig.from_dict(full, source=f"{source} model").to_dict()
+    except ConfigError as err:
+        raise PretrainConfigError(str(err)) from err
+
+
+_FLOAT_FIELDS = {f.name for f in dataclasses.fields(PretrainConfig) if f.type == "float"}
+_INT_FIELDS = {f.name for f in dataclasses.fields(PretrainConfig) if f.type == "int"}
+_BOOL_FIELDS = {f.name for f in dataclasses.fields(PretrainConfig) if f.type == "bool"}
+_STR_FIELDS = {f.name for f in dataclasses.fields(PretrainConfig) if f.type in ("str", "str | None")}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check a JSON value against the field's type (ints are accepted for float fields)."""
+    ok = True
+    if name in _FLOAT_FIELDS:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif name in _INT_FIELDS:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif name in _BOOL_FIELDS:
+        ok = isinstance(value, bool)
+    elif name in _STR_FIELDS:
+        ok = isinstance(value, str) or (value is None and name == "init_from")
+    if not ok:
+        raise PretrainConfigError(f"{source}: {name} has the wrong type ({value!r})")
+    return value
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw

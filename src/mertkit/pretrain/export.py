@@ -1,0 +1,64 @@
+"""A pre-training checkpoint to the official Hugging Face layout that `mertkit.load` reads.
+
+Only the backbone is exported (the `backbone.*` tensors of the training model; the heads, the
+label embeddings and a data2vec EMA teacher stay behind), through
+`mertkit.checkpoint.save_pretrained`: `config.json` with official field names,
+`preprocessor_config.json`, `pytorch_model.bin` (legacy `weight_g`/`weight_v` names) and
+`model.safetensors`. Weights are written as float32 exactly as trained, so the exported model
+gives bit-identical hidden states.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mertkit.model import MertModel
+from mertkit.pretrain.config import PretrainConfig
+
+BACKBONE_PREFIX = "backbone."
+
+
+class ExportError(ValueError):
+    """A training checkpoint that cannot be exported."""
+
+
+def backbone_from_checkpoint(checkpoint_path: str | os.PathLike) -> MertModel:
+    """The inference model held by a training checkpoint (eval mode, float32, CPU)."""
+    from mertkit.checkpoint import load_state_dict_strict
+    from mertkit.pretrain.trainer import read_checkpoint
+
+    checkpoint_path = resolve_checkpoint(checkpoint_path)
+    payload = read_checkpoint(checkpoint_path)
+    cfg = PretrainConfig.from_dict(payload["config"], source=f"{checkpoint_path} config")
+    state = {k[len(BACKBONE_PREFIX):]: v for k, v in payload["model"].items() if k.startswith(BACKBONE_PREFIX)}
+    if not state:
+        raise ExportError(f"{checkpoint_path}: no backbone tensors ('{BACKBONE_PREFIX}*') in the checkpoint")
+    model = MertModel(cfg.mert_config())
+    load_state_dict_strict(model, state, source=str(checkpoint_path))
+    return model.eval()
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory (its checkpoints/checkpoint_last.pt)."""
+    from mertkit.pretrain.trainer import LAST_CHECKPOINT
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / LAST_CHECKPOINT
+    if not path.is_file():
+        raise ExportError(f"{path}: no such training checkpoint")
+    return path
+
+
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    formats: tuple[str, ...] = ("bin", "safetensors"),
+    do_normalize: bool = False,
+) -> Path:
+    """Write the official layout; `do_normalize` False because MERT-v1 trains on raw waveforms."""
+    model = backbone_from_checkpoint(checkpoint_path)
+    from mertkit.checkpoint import save_pretrained
+
+    return save_pretrained(model, out_dir, formats=formats, do_normalize=do_normalize)

@@ -1,0 +1,209 @@
+"""`MertPretrainModel`: the inference `MertModel` plus MERT-v1's pre-training heads.
+
+One training forward, in order:
+
+1. CQT targets of the *clean* waveform (no grad), cropped to the model's frame count;
+2. the in-batch noise mixture (no grad; see `mixture`), when a generator is given;
+3. the conv front-end; its gradient scaled by `feature_grad_mult` (the front-end learns
+   slower, as in fairseq's HuBERT), and the feature penalty = mean of the squared features;
+4. feature projection; masked frames replaced by `masked_spec_embed`; transformer encoder;
+5. `final_proj` Linear(H, final_dim * K) split per codebook; logits = cosine(projection,
+   every code's embedding in `label_embs_concat`) / logit_temp; cross-entropy on masked
+   frames only, per codebook; CQT head Linear(H, cqt_bins), MSE on masked frames.
+
+Every loss term is returned as a *sum* (over masked frames, or over valid frames for the
+penalty) with its count, so the trainer can divide by counts summed over all micro-batches
+and processes: a DDP run and a gradient-accumulated run then optimise exactly the loss of one
+big batch. Per masked frame the loss is sum_k CE_k + penalty_weight * penalty + cqt_weight * MSE.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mertkit.model import MertModel, frame_mask
+from mertkit.pretrain.config import PretrainConfig
+from mertkit.pretrain.mixture import MixtureSettings, mix_batch
+
+
+class PretrainInputError(ValueError):
+    """A batch whose shapes do not fit the model (labels too short, wrong codebook count...)."""
+
+
+class GradMultiply(torch.autograd.Function):
+    """Identity forward; gradient multiplied by `scale` backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
+@dataclass
+class LossSums:
+    """Un-normalised loss terms of one micro-batch (see the module docstring)."""
+
+    sums: dict[str, Tensor]  # name -> summed term (a scalar, or [K] per codebook)
+    correct: Tensor | None  # [K] masked frames whose code was predicted right (no grad)
+    masked_frames: int
+    valid_frames: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Normalisers of one optimiser update, summed over micro-batches and processes."""
+
+    masked_frames: int
+    valid_frames: int
+
+
+def mixture_settings(cfg: PretrainConfig) -> MixtureSettings:
+    return MixtureSettings(
+        prob=cfg.mixture_prob, min_segments=cfg.mixture_min_segments, max_segments=cfg.mixture_max_segments,
+        min_samples=cfg.mixture_min_samples, max_samples=cfg.mixture_max_samples, volume=cfg.mixture_volume,
+    )
+
+
+def build_cqt(cfg: PretrainConfig) -> nn.Module:
+    from mertkit.teachers.cqt import CQT, CQTConfig
+
+    # magnitude sqrt(re^2 + im^2 + 1e-8): the recipe's nnAudio setting (MODELS.md section 5)
+    return CQT(CQTConfig(
+        sample_rate=cfg.sample_rate, hop_length=cfg.mert_config().hop_length, fmin=cfg.cqt_fmin,
+        n_bins=cfg.cqt_bins, bins_per_octave=cfg.cqt_bins_per_octave, magnitude_eps=1e-8,
+    ))
+
+
+class Backbone(nn.Module):
+    """Runs a `MertModel` step by step so pre-training can act between the steps."""
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__()
+        self.config = cfg
+        self.backbone = MertModel(cfg.mert_config())
+
+    def frame_count(self, num_samples: int) -> int:
+        return self.backbone.config.num_frames(num_samples)
+
+    def after_update(self, update: int) -> None:
+        """Called after every optimiser update (data2vec moves its EMA teacher here)."""
+
+    def encode(self, wave: Tensor, lengths: Tensor | None, mask: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
+        """-> (hidden states, [B, F] valid-frame mask, [B, F] per-frame mean squared feature)."""
+        mert = self.backbone
+        features, frame_lengths = mert.feature_extractor(wave, lengths)
+        if self.config.feature_grad_mult != 1.0:
+            features = GradMultiply.apply(features, self.config.feature_grad_mult)
+        features = features.transpose(1, 2)  # [B, F, C]
+        square = features.float().pow(2).mean(-1)
+        x = mert.feature_projection(features)
+        if mask is not None:
+            x = torch.where(mask[:, :, None], mert.masked_spec_embed.to(x.dtype), x)
+        batch, frames = x.shape[:2]
+        if frame_lengths is None:
+            valid = torch.ones(batch, frames, dtype=torch.bool, device=x.device)
+            states = mert.encoder(x, None)
+        else:
+            valid = frame_mask(frame_lengths, frames)
+            states = mert.encoder(x, valid)
+        return states, valid, square
+
+
+class MertPretrainModel(Backbone):
+    """MERT-v1 masked prediction of K codebooks + CQT reconstruction (see the module docstring)."""
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__(cfg)
+        hidden = self.backbone.config.hidden_size
+        self.final_proj = nn.Linear(hidden, cfg.final_dim * cfg.n_codebooks)
+        self.label_embs_concat = nn.Parameter(torch.empty(cfg.n_codebooks * cfg.codebook_size, cfg.final_dim).uniform_())
+        if cfg.cqt:
+            self.cqt_head = nn.Linear(hidden, cfg.cqt_bins)
+            self.cqt = build_cqt(cfg)  # buffers are not persistent: nothing in the state dict
+
+    # ---- forward --------------------------------------------------------------------------
+    def forward(
+        self,
+        wave: Tensor,
+        lengths: Tensor | None,
+        labels: Tensor,
+        mask: Tensor,
+        *,
+        mixture_generator: torch.Generator | None = None,
+    ) -> LossSums:
+        """wave [B, T] clean audio; labels [B, K, >= F] codes; mask [B, F] frames to mask."""
+        cfg = self.config
+        frames = self.frame_count(wave.shape[1])
+        self._check(wave, labels, mask, frames)
+        cqt_target = None
+        if cfg.cqt:
+            with torch.no_grad():
+                cqt_target = self.cqt(wave.float(), num_frames=frames).transpose(1, 2)  # [B, F, bins]
+        if mixture_generator is not None and cfg.mixture_prob > 0:
+            wave, _ = mix_batch(wave, lengths, mixture_settings(cfg), mixture_generator)
+        states, valid, square = self.encode(wave, lengths, mask)
+        selected = mask & valid
+        hidden = states[-1][selected]  # [N, H] masked valid frames
+        targets = labels[:, :, :frames].transpose(1, 2)[selected]  # [N, K]
+        logits = self.code_logits(hidden)  # [N, K, V]
+        ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(0)  # [K]
+        sums = {"ce": ce, "penalty": (square * valid).sum()}
+        if cqt_target is not None:
+            predicted = self.cqt_head(hidden).float()
+            sums["cqt"] = (predicted - cqt_target[selected]).pow(2).mean(-1).sum()
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == targets).sum(0)
+        return LossSums(sums, correct, int(selected.sum()), int(valid.sum()))
+
+    def code_logits(self, hidden: Tensor) -> Tensor:
+        """[N, H] -> [N, K, V]: cosine similarity to every code embedding / logit_temp."""
+        cfg = self.config
+        projected = self.final_proj(hidden).float().view(-1, cfg.n_codebooks, cfg.final_dim)
+        embeddings = self.label_embs_concat.float().view(cfg.n_codebooks, cfg.codebook_size, cfg.final_dim)
+        cosine = torch.einsum(
+            "nkd,kvd->nkv", F.normalize(projected, dim=-1, eps=1e-8), F.normalize(embeddings, dim=-1, eps=1e-8)
+        )
+        return cosine / cfg.logit_temp
+
+    def _check(self, wave: Tensor, labels: Tensor, mask: Tensor, frames: int) -> None:
+        cfg = self.config
+        batch = wave.shape[0]
+        if labels.dim() != 3 or labels.shape[:2] != (batch, cfg.n_codebooks) or labels.shape[2] < frames:
+            raise PretrainInputError(
+                f"labels must be [batch={batch}, codebooks={cfg.n_codebooks}, frames>={frames}], "
+                f"got {tuple(labels.shape)}"
+            )
+        if mask.shape != (batch, frames):
+            raise PretrainInputError(f"mask must be [{batch}, {frames}], got {tuple(mask.shape)}")
+
+    # ---- loss -----------------------------------------------------------------------------
+    def total_loss(self, out: LossSums, counts: Counts) -> Tensor:
+        """Weighted sum of the terms, each divided by its global count."""
+        cfg = self.config
+        masked = max(counts.masked_frames, 1)
+        loss = cfg.ce_weight * out.sums["ce"].sum() / masked
+        loss = loss + cfg.penalty_weight * out.sums["penalty"] / max(counts.valid_frames, 1)
+        if "cqt" in out.sums:
+            loss = loss + cfg.cqt_weight * out.sums["cqt"] / masked
+        return loss
+
+    @staticmethod
+    def metrics(sums: dict[str, Tensor], correct: Tensor | None, counts: Counts) -> dict[str, object]:
+        """Per-term losses and masked accuracy per codebook, for the log."""
+        masked = max(counts.masked_frames, 1)
+        out: dict[str, object] = {
+            "ce": [round(float(v) / masked, 6) for v in sums["ce"]],
+            "penalty": float(sums["penalty"]) / max(counts.valid_frames, 1),
+        }
+        if "cqt" in sums:
+            out["cqt_mse"] = float(sums["cqt"]) / masked
+        if correct is not None:
+            out["accuracy"] = [round(float(v) / masked, 6) for v in correct]
+        return out

@@ -1,0 +1,94 @@
+"""MertPretrainModel: logits, masked-only losses, feature penalty and feature_grad_mult."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mertkit.pretrain.model import Counts, MertPretrainModel, PretrainInputError
+from pretrain_fixtures import tiny_config
+
+
+def _inputs(model: MertPretrainModel, batch: int = 2, samples: int = 8000, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    wave = torch.randn(batch, samples, generator=g) * 0.3
+    lengths = torch.tensor([samples, samples - 1700][:batch])
+    frames = model.frame_count(samples)
+    cfg = model.config
+    labels = torch.randint(0, cfg.codebook_size, (batch, cfg.n_codebooks, frames + 1), generator=g)
+    mask = torch.rand(batch, frames, generator=g) < 0.5
+    return wave, lengths, labels, mask
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return MertPretrainModel(tiny_config()).eval()
+
+
+def test_losses_match_a_direct_computation_through_the_inference_model(model):
+    wave, lengths, labels, mask = _inputs(model)
+    out = model(wave, lengths, labels, mask)
+    # independent path: MertModel.forward with mask_time_indices, cosine_similarity per code
+    ref = model.backbone(wave, lengths, mask_time_indices=mask)
+    valid = torch.arange(mask.shape[1])[None] < ref.frame_lengths[:, None]
+    selected = mask & valid
+    hidden = ref.last_hidden_state[selected]
+    cfg = model.config
+    proj = model.final_proj(hidden).view(-1, cfg.n_codebooks, cfg.final_dim)
+    table = model.label_embs_concat.view(cfg.n_codebooks, cfg.codebook_size, cfg.final_dim)
+    targets = labels[:, :, : mask.shape[1]].transpose(1, 2)[selected]
+    for k in range(cfg.n_codebooks):
+        logits = torch.cosine_similarity(proj[:, k, None, :], table[k][None], dim=-1) / cfg.logit_temp
+        assert torch.allclose(out.sums["ce"][k], F.cross_entropy(logits, targets[:, k], reduction="sum"), rtol=1e-5)
+        assert int(out.correct[k]) == int((logits.argmax(-1) == targets[:, k]).sum())
+    features = ref.extract_features[valid]
+    assert torch.allclose(out.sums["penalty"], features.pow(2).mean(-1).sum(), rtol=1e-5)
+    cqt = model.cqt(wave, num_frames=mask.shape[1]).transpose(1, 2)[selected]
+    assert torch.allclose(out.sums["cqt"], (model.cqt_head(hidden) - cqt).pow(2).mean(-1).sum(), rtol=1e-5)
+    assert out.masked_frames == int(selected.sum()) and out.valid_frames == int(valid.sum())
+
+
+def test_only_masked_frames_count(model):
+    wave, lengths, labels, mask = _inputs(model)
+    base = model(wave, lengths, labels, mask).sums["ce"]
+    changed = labels.clone()
+    changed[:, :, : mask.shape[1]][~mask[:, None, :].expand_as(changed[:, :, : mask.shape[1]])] = 0
+    assert torch.equal(model(wave, lengths, changed, mask).sums["ce"], base)
+    flipped = labels.clone()
+    flipped[:, :, : mask.shape[1]] = (labels[:, :, : mask.shape[1]] + 1) % model.config.codebook_size
+    assert not torch.allclose(model(wave, lengths, flipped, mask).sums["ce"], base)
+
+
+def test_total_loss_weights_and_normalisers(model):
+    wave, lengths, labels, mask = _inputs(model)
+    out = model(wave, lengths, labels, mask)
+    counts = Counts(masked_frames=50, valid_frames=80)
+    expected = out.sums["ce"].sum() / 50 + 10 * out.sums["penalty"] / 80 + out.sums["cqt"] / 50
+    assert torch.allclose(model.total_loss(out, counts), expected)
+
+
+def _grads(mult: float):
+    torch.manual_seed(0)
+    model = MertPretrainModel(tiny_config(feature_grad_mult=mult))
+    wave, lengths, labels, mask = _inputs(model)
+    out = model(wave, lengths, labels, mask)
+    model.total_loss(out, Counts(out.masked_frames, out.valid_frames)).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_feature_grad_mult_scales_only_the_front_end():
+    full, scaled = _grads(1.0), _grads(0.1)
+    for name, grad in full.items():
+        factor = 0.1 if name.startswith("backbone.feature_extractor.") else 1.0
+        assert torch.allclose(scaled[name], factor * grad, rtol=1e-4, atol=1e-9), name
+
+
+def test_bad_shapes_are_named(model):
+    wave, lengths, labels, mask = _inputs(model)
+    with pytest.raises(PretrainInputError, match="labels must be"):
+        model(wave, lengths, labels[:, :1], mask)
+    with pytest.raises(PretrainInputError, match="labels must be"):
+        model(wave, lengths, labels[:, :, :5], mask)
+    with pytest.raises(PretrainInputError, match="mask must be"):
+        model(wave, lengths, labels, mask[:, :-1])
