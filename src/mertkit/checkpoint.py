@@ -179,7 +179,10 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def read_weight_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A flat name -> tensor dict from a .safetensors file or a weights-only torch pickle."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -187,16 +190,16 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+            raise CheckpointError(f"{path}: cannot read safetensors file ({err})") from err
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(
-            f"{path}: refused or unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            "mertkit loads pickles with weights_only=True and never runs code from them."
+            f"{path}: cannot read torch checkpoint: it is corrupt or holds objects other than tensors "
+            f"({type(err).__name__}). mertkit loads pickles with weights_only=True and never runs code from them."
         ) from err
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a flat state dict of tensors")
+        raise CheckpointError(f"{path}: not a flat state dict of tensors")
     return state
 
 

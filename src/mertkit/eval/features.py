@@ -8,7 +8,8 @@ Three sources:
    layers, pooling, source). Rows are matched to files by the manifest's relative ``path``.
    Clip tasks time-average unpooled features (after cutting ``start``/``end`` when given);
    beat tasks keep frames and turn beat times into per-frame 0/1 targets.
-2. :func:`from_store`: the Parquet feature store (``mertkit.store``), pending.
+2. :func:`from_store`: the Parquet feature store (``mertkit.store``): its track-level rows
+   (pooled over the whole file, every stored layer), matched to records by ``path``.
 3. :func:`from_arrays`: in-memory arrays.
 
 Shapes: clip tasks X [N, L, D]; frame and beat tasks X [N, L, T, D], with targets [N, T]
@@ -16,6 +17,7 @@ padded by ``IGNORE_INDEX`` (-1) where a clip is shorter than the longest one.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,11 +112,72 @@ def from_safetensors_dir(features_dir: str | Path, records: Sequence[Record], ta
 
 
 def from_store(store_path: str | Path, records: Sequence[Record], task: TaskSpec) -> FeatureSplits:
-    """Load features from the Parquet feature store. Pending: ``mertkit.store`` is being written."""
-    raise NotImplementedError(
-        f"{store_path}: reading the Parquet feature store is pending (mertkit.store is not merged yet); "
-        "extract to a safetensors folder and use from_safetensors_dir"
-    )
+    """Clip features from a Parquet feature store: one track-level row per record, matched by path.
+
+    A track-level row is the track's pooled vector for every stored hidden state, so X is
+    [N, len(stored layers), D] with layers in the store's order (``meta["layers"]``). Rows are
+    matched on the store's ``path`` column, which must equal ``record.path`` (the manifest's
+    relative path); the store's own ``split`` column is ignored, the records' splits decide.
+    Frame and beat tasks, and records with start/end, need unpooled features: use
+    :func:`from_safetensors_dir`.
+    """
+    if task.kind in FRAME_KINDS:
+        raise FeatureError(
+            f"{store_path}: task {task.name!r} is {task.kind}-level; the feature store holds pooled "
+            "vectors only (extract unpooled safetensors and use from_safetensors_dir)"
+        )
+    store = _open_store(store_path)
+    vectors_by_path = _track_vectors_by_path(store, store_path)
+    _check_records_in_store(records, vectors_by_path, store_path)
+    loaded = {split: [] for split in SPLITS}
+    for record in records:
+        loaded[record.split].append((record, vectors_by_path[record.path], {}))
+    splits = {name: _build_split(items, task, None) for name, items in loaded.items()}
+    _check_splits_agree(splits)
+    meta = store.meta
+    summary = {"model": meta.model, "pooling": meta.pooling, "layers": json.dumps(list(meta.layers))}
+    return FeatureSplits(**splits, frame_rate=None, meta={"source": str(store_path), **summary})
+
+
+def _open_store(store_path: str | Path) -> Any:
+    """``mertkit.store.open`` with its errors turned into FeatureError (ImportError passes on:
+    its message already says which extra to install)."""
+    from mertkit import store as store_module
+
+    try:
+        return store_module.open(store_path)
+    except store_module.StoreError as error:
+        raise FeatureError(f"{store_path}: cannot open the feature store ({error})") from error
+
+
+def _track_vectors_by_path(store: Any, store_path: str | Path) -> dict[str, np.ndarray]:
+    """{path: float32 [layers, width]} of the store's track-level rows."""
+    from mertkit.store import StoreError
+
+    try:
+        paths = store.paths(level="track")
+        vectors = store.load_all_layers(level="track")
+    except StoreError as error:
+        raise FeatureError(f"{store_path}: cannot read the feature store ({error})") from error
+    if len(paths) != len(vectors):
+        raise FeatureError(f"{store_path}: {len(paths)} track paths but {len(vectors)} track vectors")
+    by_path: dict[str, np.ndarray] = {}
+    for path, matrix in zip(paths, vectors):
+        if path in by_path:
+            # Two versions of one file would make the match ambiguous.
+            raise FeatureError(f"{store_path}: path {path!r} has more than one track-level row")
+        by_path[path] = matrix
+    return by_path
+
+
+def _check_records_in_store(records: Sequence[Record], vectors_by_path: dict[str, np.ndarray], store_path: str | Path) -> None:
+    missing = [record.path for record in records if record.path not in vectors_by_path]
+    if missing:
+        stored = sorted(vectors_by_path)[:3]
+        raise FeatureError(
+            f"{store_path}: {len(missing)} of {len(records)} records have no track row in the store, "
+            f"e.g. {missing[:3]}; rows are matched on the manifest's relative path (the store has e.g. {stored})"
+        )
 
 
 def read_feature_file(path: Path) -> tuple[np.ndarray, dict[str, str]]:

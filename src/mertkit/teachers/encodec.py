@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
@@ -407,21 +406,12 @@ class EncodecTeacher:
 
 def _read_tensor_file(path: Path) -> dict[str, Tensor]:
     """A flat name -> tensor dict from a .safetensors file or a weights-only torch pickle."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    from mertkit.checkpoint import CheckpointError, read_weight_file
 
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as error:
-            raise EncodecCheckpointError(f"{path}: cannot read safetensors file ({error})") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise EncodecCheckpointError(f"{path}: cannot read torch checkpoint ({error})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise EncodecCheckpointError(f"{path}: not a flat state dict of tensors")
-    return state
+        return read_weight_file(path)
+    except CheckpointError as error:
+        raise EncodecCheckpointError(str(error)) from None
 
 
 def _rename_original_keys(state: dict[str, Tensor], source: str | Path) -> dict[str, Tensor]:
