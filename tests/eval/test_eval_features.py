@@ -79,8 +79,3 @@ def test_beat_splits_pad_and_mark_beats(tmp_path):
     np.testing.assert_array_equal(np.flatnonzero(data.train.y[1] == 1), [5, 10, 15])  # 2.9 s is past 20 frames
     assert (data.train.y[1, 20:] == -1).all() and (data.train.x[1, :, 20:] == 0).all()
     np.testing.assert_allclose(data.train.beat_times[1], [0.5, 1.0, 1.5])
-
-
-def test_from_store_is_pending(tmp_path):
-    with pytest.raises(NotImplementedError, match="pending"):
-        features.from_store(tmp_path, [], GENRE)

@@ -1,0 +1,256 @@
+"""`mert eval --suite synth` end to end on a tiny suite and a tiny random checkpoint."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+pytest.importorskip("pretty_midi")
+pytest.importorskip("tinysoundfont")
+pytest.importorskip("matplotlib")
+soundfile = pytest.importorskip("soundfile")
+
+from model_fixtures import tiny_config  # noqa: E402
+
+from mertkit.audio import load_audio  # noqa: E402
+from mertkit.checkpoint import load, save_pretrained  # noqa: E402
+from mertkit.commands.evaluate import evaluate  # noqa: E402
+from mertkit.eval import suite_runner  # noqa: E402
+from mertkit.eval.baselines import chroma_stats, load_segment, mfcc_stats  # noqa: E402
+from mertkit.eval.datasets import Record, TaskSpec  # noqa: E402
+from mertkit.eval.features import from_safetensors_dir, read_feature_file  # noqa: E402
+from mertkit.eval.suite_runner import SuiteRunError, SuiteTask, run_suite  # noqa: E402
+from mertkit.model import MertModel  # noqa: E402
+
+torch.set_num_threads(2)
+CLIPS = 10  # the smallest count whose valid and test splits hold 2 clips (R² needs 2)
+TASKS = ("pitch", "instrument", "key", "tempo", "beat")
+FAST = dict(seeds=(0, 1), lrs=(1e-2,), max_epochs=2, patience=1, progress=False)
+
+
+def tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    return save_pretrained(MertModel(tiny_config()), directory, formats=("safetensors",))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    model_dir = tiny_checkpoint(root / "tiny-mert")
+    first = run_suite(model_dir, root / "suite", root / "out", tasks=TASKS, clips_per_task=CLIPS, **FAST)
+    return root, model_dir, first
+
+
+def only(paths) -> Path:
+    found = list(paths)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def feature_files(out: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in sorted((out / "features").rglob("*.safetensors"))}
+
+
+def test_every_task_and_baseline_has_a_finite_score(run):
+    root, _, result = run
+    payload = json.loads((root / "out" / "results.json").read_text())
+    found = {(r["task"], r["source"], r["setting"]) for r in payload["results"]}
+    for task in TASKS:
+        assert {(task, "model", "all"), (task, "model", "weighted")} <= found
+        baselines = {(task, "mfcc", "stats"), (task, "chroma", "stats")}
+        # Baselines are clip statistics: every clip task has them, the frame-level beat task cannot.
+        assert baselines <= found if task != "beat" else not baselines & found
+    for entry in payload["results"]:
+        assert np.isfinite(entry["test_mean"][entry["metric"]]), entry
+    sweep = [r for r in payload["results"] if r["setting"] == "all"]
+    assert all(len(r["per_layer"]) == tiny_config().num_hidden_states for r in sweep)
+    metrics = {r["task"]: r["metric"] for r in payload["results"]}
+    assert metrics == {"pitch": "accuracy", "instrument": "accuracy", "key": "accuracy", "tempo": "r2", "beat": "beat_f"}
+    assert payload["model"]["path"] == str(root / "tiny-mert") and payload["model"]["random_weights"] is False
+    assert payload["probe"]["seeds"] == [0, 1]
+    png = (root / "out" / "layers.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_summary_table_matches_the_json(run):
+    root, _, result = run
+    table = (root / "out" / "results.md").read_text()
+    assert table.startswith(result.table)
+    header = next(line for line in table.splitlines() if line.startswith("| task |"))
+    assert "MFCC stats" in header and "chroma stats" in header and "best layer" in header and "weighted" in header
+    rows = {line.split("|")[1].strip(): line for line in result.table.splitlines() if line.startswith("| ")}
+    for entry in result.entries:
+        mean = 100 * entry.result.score
+        std = 100 * entry.result.test_std[entry.result.metric]
+        assert f"{mean:.1f} ± {std:.1f}" in rows[entry.task]
+    assert re.search(r"\| beat \| beat_f \|.*\| n/a \| n/a \|", rows["beat"])
+
+
+def test_cached_model_features_are_mean_pooled_hidden_states(run):
+    root, model_dir, result = run
+    folder = root / "suite" / "pitch"
+    cache = only((root / "out" / "features" / result.model.cache_key).glob("pitch-*"))
+    model = load(model_dir)
+    # Reference: the model run directly on the whole clip, normalised as Wav2Vec2FeatureExtractor does.
+    wave = load_audio(folder / "clips" / "000003.wav", model.config.sample_rate)
+    wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+    with torch.no_grad():
+        states = model(torch.from_numpy(wave.astype(np.float32))[None]).hidden_states
+    expected = torch.stack([s[0].mean(0) for s in states]).numpy()
+    hidden, meta = read_feature_file(cache / "clips" / "000003.wav.safetensors")
+    np.testing.assert_allclose(hidden, expected, rtol=1e-4, atol=1e-5)
+    assert meta["pooling"] == "mean"
+
+
+def test_tempo_reads_the_frame_cache_as_its_time_mean(run):
+    root, _, result = run
+    frames_dir = only((root / "out" / "features" / result.model.cache_key).glob("tempo-*-frames"))
+    assert len(list(frames_dir.parent.glob("tempo-*"))) == 1  # the tempo audio was run once
+    tasks = {t.name: t for t in suite_runner.load_suite_tasks({"tempo": root / "suite" / "tempo"})}
+    tempo = tasks["tempo"]
+    data = from_safetensors_dir(frames_dir, tempo.records, tempo.spec)
+    first = next(r for r in tempo.records if r.split == "train")
+    hidden, _ = read_feature_file(frames_dir / f"{first.path}.safetensors")
+    assert hidden.ndim == 3  # [layers, frames, width]
+    np.testing.assert_allclose(data.train.x[0], hidden.mean(axis=1), rtol=1e-6)
+    with (root / "suite" / "tempo" / "manifest.csv").open(newline="") as handle:
+        bpm = {row["path"]: float(row["label"]) for row in csv.DictReader(handle)}
+    assert all(record.label == (bpm[record.path],) for record in tempo.records)
+    assert all(record.beats_path is not None for record in tasks["beat"].records)
+
+
+def test_cached_baselines_are_the_clip_statistics(run):
+    root, _, _ = run
+    record = Record("clips/000001.wav", "train", None, root / "suite" / "key" / "clips" / "000001.wav")
+    for name, compute in (("mfcc", mfcc_stats), ("chroma", chroma_stats)):
+        cache = only((root / "out" / "features" / f"baseline-{name}").glob("key-*"))
+        hidden, _ = read_feature_file(cache / "clips" / "000001.wav.safetensors")
+        np.testing.assert_allclose(hidden, compute(load_segment(record, 22050)), rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_reuses_suite_and_features(run):
+    root, model_dir, first = run
+    before = feature_files(root / "out")
+    suite_before = {str(p): p.stat().st_mtime_ns for p in (root / "suite").rglob("*") if p.is_file()}
+    assert len(before) == CLIPS * (4 + 2 * 4)  # model: 4 folders (tempo once); 2 baselines x 4 clip tasks
+    # Only the weighted probe this time: the point is the cache, and the sweeps cost time.
+    second = run_suite(model_dir, root / "suite", root / "out", tasks=TASKS, clips_per_task=CLIPS,
+                       layers="weighted", **FAST)
+    assert feature_files(root / "out") == before
+    assert {str(p): p.stat().st_mtime_ns for p in (root / "suite").rglob("*") if p.is_file()} == suite_before
+    # Probes are deterministic on CPU, so the same cache gives the same numbers.
+    scores = {(e.task, e.source, e.setting): e.result.test_mean for e in first.entries if e.setting != "all"}
+    assert {(e.task, e.source, e.setting): e.result.test_mean for e in second.entries} == scores
+
+
+def test_floor_scores_against_brute_force_and_sklearn(tmp_path):
+    from sklearn.metrics import r2_score
+
+    spec = TaskSpec("toy", "multiclass", 3, labels=("a", "b", "c"))
+    rows = [("train", "a"), ("train", "b"), ("train", "b"), ("valid", "a"), ("test", "b"), ("test", "c"), ("test", "b")]
+    task = SuiteTask("toy", tmp_path, spec, [Record(f"{i}.wav", s, label, tmp_path) for i, (s, label) in enumerate(rows)])
+    assert suite_runner.floor_score(task) == pytest.approx(2 / 3)  # "b" is the training majority
+    regression = TaskSpec("bpm", "regression", 1, labels=("bpm",))
+    values = [("train", 100.0), ("train", 120.0), ("valid", 90.0), ("test", 80.0), ("test", 150.0), ("test", 130.0)]
+    task = SuiteTask("bpm", tmp_path, regression, [Record(f"{i}.wav", s, (v,), tmp_path) for i, (s, v) in enumerate(values)])
+    test = [v for s, v in values if s == "test"]
+    assert suite_runner.floor_score(task) == pytest.approx(r2_score(test, [110.0] * len(test)))
+
+
+def test_existing_suite_with_another_seed_is_refused(run, tmp_path):
+    root, model_dir, _ = run
+    with pytest.raises(SuiteRunError, match=r"suite/pitch: was built with seed 0 and 10 clips.*seed 3"):
+        run_suite(model_dir, root / "suite", tmp_path / "out", tasks=["pitch"], seed=3, **FAST)
+
+
+def test_bad_tasks_and_baselines_are_refused(tmp_path):
+    with pytest.raises(SuiteRunError, match="unknown or no tasks.*'genre'"):
+        run_suite(None, tmp_path / "s", tmp_path / "o", tasks=["genre"])
+    with pytest.raises(SuiteRunError, match=r"unknown baselines \['mel'\]"):
+        run_suite(None, tmp_path / "s", tmp_path / "o", baselines=["mel"])
+    with pytest.raises(SuiteRunError, match="probe settings: probe kind must be 'linear' or 'mlp'"):
+        run_suite(None, tmp_path / "s", tmp_path / "o", probe="svm")
+    with pytest.raises(SuiteRunError, match="extraction settings: dtype must be one of"):
+        run_suite(None, tmp_path / "s", tmp_path / "o", dtype="int8")
+    assert not (tmp_path / "s").exists()  # refused before anything was rendered
+
+
+def test_cache_key_separates_checkpoints_with_the_same_name(tmp_path):
+    first = tiny_checkpoint(tmp_path / "a" / "model", seed=0)
+    second = tiny_checkpoint(tmp_path / "b" / "model", seed=1)
+    again = tiny_checkpoint(tmp_path / "c" / "model", seed=0)
+    assert suite_runner.model_fingerprint(first) != suite_runner.model_fingerprint(second)
+    assert suite_runner.model_fingerprint(first) == suite_runner.model_fingerprint(again)
+
+
+def test_cli_default_model_says_random_and_prints_the_table(run, tmp_path, monkeypatch):
+    root, model_dir, _ = run
+    import mertkit.demo
+
+    # Stand the tiny checkpoint in for the demo model (same contract: a directory and is_random).
+    monkeypatch.setattr(mertkit.demo, "demo_model_dir", lambda: (model_dir, True))
+    args = ["--suite", "synth", "--suite-dir", str(root / "suite"), "--out", str(tmp_path / "out"),
+            "--tasks", "pitch,tempo", "--seeds", "0", "--lrs", "1e-2", "--epochs", "2", "--clips", str(CLIPS), "--quiet"]
+    result = CliRunner().invoke(evaluate, args)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "RANDOM weights" in result.stderr
+    assert "RANDOM weights" in result.stdout  # the table's header says it too
+    assert re.search(r"^\| pitch \| accuracy \|", result.stdout, re.MULTILINE)
+    assert re.search(r"^\| beat \| beat_f \| not run", result.stdout, re.MULTILINE)
+    assert (tmp_path / "out" / "layers.png").is_file()
+    bad = CliRunner().invoke(evaluate, args[:-1] + ["--layers", "best"])
+    assert bad.exit_code != 0 and "--layers" in bad.stderr
+
+
+def test_layer_index_out_of_range_is_refused_before_extraction(run, tmp_path):
+    root, model_dir, _ = run
+    with pytest.raises(SuiteRunError, match=r"layers \[7\] out of range: tiny-mert has hidden states 0\.\.3"):
+        run_suite(model_dir, tmp_path / "suite", tmp_path / "out", tasks=["pitch"], layers=[7], clips_per_task=CLIPS, **FAST)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "suite").exists()
+
+
+def test_unknown_model_is_refused_before_rendering(tmp_path):
+    with pytest.raises(SuiteRunError, match="cannot load model 'no-such-model'"):
+        run_suite("no-such-model", tmp_path / "suite", tmp_path / "out", clips_per_task=CLIPS, **FAST)
+    assert not (tmp_path / "suite").exists()
+
+
+def test_changed_audio_gets_a_fresh_cache(run, tmp_path):
+    root, model_dir, result = run
+    suite, out = tmp_path / "suite", tmp_path / "out"
+    shutil.copytree(root / "suite" / "pitch", suite / "pitch")
+    shutil.copytree(root / "out" / "features", out / "features")  # the first run's caches
+    clip = suite / "pitch" / "clips" / "000000.wav"
+    wave, rate = soundfile.read(clip)
+    soundfile.write(clip, 0.5 * wave, rate)  # same manifest and task.json, other bytes
+    run_suite(model_dir, suite, out, tasks=["pitch"], layers="weighted", baselines=["mfcc"], clips_per_task=CLIPS, **FAST)
+    for parent in (out / "features" / result.model.cache_key, out / "features" / "baseline-mfcc"):
+        caches = list(parent.glob("pitch-*"))
+        assert len(caches) == 2, caches
+        assert all(len(list(cache.rglob("*.safetensors"))) == CLIPS for cache in caches)
+
+
+def test_cli_quick_sets_small_defaults_but_explicit_options_win(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_suite(model, suite_dir, out_dir, **kwargs):
+        calls.append((model, suite_dir, out_dir, kwargs))
+        info = suite_runner.ModelInfo("m", "/m", "test", False, "0" * 32, 2, 24000)
+        return suite_runner.SuiteRun(info, [], {}, "THE TABLE", {}, 0.0)
+
+    monkeypatch.setattr(suite_runner, "run_suite", fake_run_suite)
+    result = CliRunner().invoke(evaluate, ["--quick", "--seeds", "5,6", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    model, suite_dir, out_dir, kwargs = calls[0]
+    assert model is None and out_dir == tmp_path and suite_dir == tmp_path / "suite" / "synth-seed0-clips40"
+    assert kwargs["clips_per_task"] == 40 and kwargs["seeds"] == (5, 6)
+    assert kwargs["lrs"] == (1e-3,) and kwargs["max_epochs"] == 30
+    assert kwargs["tasks"] == ("pitch", "instrument", "key", "tempo") and kwargs["layers"] == ("all", "weighted")
+    assert result.stdout.strip().endswith("THE TABLE")
