@@ -52,7 +52,8 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
         options = ExtractOptions(layers=parse_layers(layers), pool=pool, window=window, hop=hop,
                                  batch_size=batch_size, dtype=dtype)
         if engine == "ray":
-            report = _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision)
+            report = _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision,
+                              split, store_dtype)
         else:
             report = _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows,
                                 workers, device, use_compile, revision, quiet)
@@ -83,7 +84,7 @@ def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, spl
                        compile=use_compile)
 
 
-def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision):
+def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision, split, store_dtype):
     if store_dir is None:
         raise click.UsageError("--engine ray writes to a feature store: give --store DIR")
     if out_dir is not None:
@@ -94,7 +95,7 @@ def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, d
     except ImportError as err:
         raise click.ClickException(f"--engine ray needs ray: pip install 'mertkit[ray]' ({err})") from err
     return run_ray_extract(model_name, list(inputs), store_dir, options, address=address, num_actors=actors,
-                           device=device, revision=revision)
+                           device=device, revision=revision, split=split, store_dtype=store_dtype)
 
 
 def _require_pyarrow() -> None:
