@@ -99,7 +99,14 @@ def test_bandwidth_sets_codebooks(hf_tiny, native_tiny, bandwidth, codebooks):
     (wav,) = _test_waves([3000], seed=2)
     got = native_tiny.encode_codes(wav, bandwidth=bandwidth)
     assert got.shape[1] == codebooks
-    assert torch.equal(got, _hf_codes(hf_tiny, wav, bandwidth))
+    expected = _hf_codes(hf_tiny, wav, bandwidth)
+    # The 8 codebooks the recipe uses (6 kbps) match exactly. Past them the residuals are so
+    # small that a near-tie can resolve differently under another float summation order (it
+    # happened with a different thread count), and one flip changes every later stage of that
+    # frame: there, require agreement on almost all codes.
+    exact = min(codebooks, 8)
+    assert torch.equal(got[:, :exact], expected[:, :exact])
+    assert (got == expected).float().mean() >= 0.97
 
 
 def test_non_causal_config_matches_transformers():
