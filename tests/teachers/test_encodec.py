@@ -103,10 +103,11 @@ def test_bandwidth_sets_codebooks(hf_tiny, native_tiny, bandwidth, codebooks):
     # The 8 codebooks the recipe uses (6 kbps) match exactly. Past them the residuals are so
     # small that a near-tie can resolve differently under another float summation order (it
     # happened with a different thread count), and one flip changes every later stage of that
-    # frame: there, require agreement on almost all codes.
+    # frame: there, require most frames to agree on every code.
     exact = min(codebooks, 8)
     assert torch.equal(got[:, :exact], expected[:, :exact])
-    assert (got == expected).float().mean() >= 0.97
+    frames_equal = (got == expected).all(dim=1).float().mean()
+    assert frames_equal >= 0.8, f"only {frames_equal:.0%} of frames agree on all {codebooks} codebooks"
 
 
 def test_non_causal_config_matches_transformers():
