@@ -233,10 +233,9 @@ def to_mertkit_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {_RENAMES.get(k, k): v for k, v in state.items()}
 
 
-def load_state_dict_strict(model: MertModel, state: dict[str, Tensor], *, source: str) -> None:
-    """Copy `state` into `model`, or fail naming every tensor that does not fit."""
-    state = to_mertkit_names(state)
-    expected = model.state_dict()
+def state_dict_mismatches(expected: dict[str, Tensor], state: dict[str, Tensor], limit: int = 20) -> list[str]:
+    """What keeps `state` from loading into a model whose state dict is `expected`: missing,
+    unexpected and wrongly shaped tensors, each named. Empty when everything fits."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(
@@ -245,12 +244,18 @@ def load_state_dict_strict(model: MertModel, state: dict[str, Tensor], *, source
         if state[k].shape != expected[k].shape
     )
     problems = []
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-    if wrong_shape:
-        problems.append(f"wrongly shaped tensors: {'; '.join(wrong_shape)}")
+    for label, names in (("missing tensors", missing), ("unexpected tensors", unexpected),
+                         ("wrongly shaped tensors", wrong_shape)):
+        if names:
+            more = f" ... ({len(names)} in all)" if len(names) > limit else ""
+            problems.append(f"{label}: {', '.join(names[:limit])}{more}")
+    return problems
+
+
+def load_state_dict_strict(model: MertModel, state: dict[str, Tensor], *, source: str) -> None:
+    """Copy `state` into `model`, or fail naming every tensor that does not fit."""
+    state = to_mertkit_names(state)
+    problems = state_dict_mismatches(model.state_dict(), state)
     if problems:
         raise CheckpointError(f"{source}: checkpoint does not match the config — " + " | ".join(problems))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)

@@ -244,7 +244,7 @@ def _tiny_native(hf_tiny) -> EncodecEncoder:
         ),
         (
             lambda s: s.__setitem__("quantizer.layers.0.codebook.embed", torch.zeros(1024, 17)),
-            "wrong shapes: quantizer.layers.0",
+            "wrongly shaped tensors: quantizer.layers.0",
         ),
         (lambda s: s.pop("encoder.layers.0.conv.parametrizations.weight.original0"), "without magnitudes"),
         (lambda s: s["quantizer.layers.3.codebook.inited"].zero_(), "never initialised"),

@@ -34,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from mertkit.checkpoint import CheckpointError, read_weight_file, state_dict_mismatches
+
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Training-time state of the EMA codebooks: present in both checkpoint layouts, never
 # needed to encode. `inited` is still checked (a never-initialised codebook is an error).
@@ -406,8 +408,6 @@ class EncodecTeacher:
 
 def _read_tensor_file(path: Path) -> dict[str, Tensor]:
     """A flat name -> tensor dict from a .safetensors file or a weights-only torch pickle."""
-    from mertkit.checkpoint import CheckpointError, read_weight_file
-
     try:
         return read_weight_file(path)
     except CheckpointError as error:
@@ -477,21 +477,7 @@ def load_state_dict_strict(model: EncodecEncoder, state: dict[str, Tensor], sour
     if any(k.startswith(("encoder.model.", "quantizer.vq.")) for k in state):
         state = _rename_original_keys(state, source)
     state = _drop_training_buffers(_fold_weight_norm(state, source), source)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {_listing(unexpected)}")
-    if wrong_shape:
-        problems.append(f"wrong shapes: {_listing(wrong_shape)}")
+    problems = state_dict_mismatches(model.state_dict(), state, limit=8)
     if problems:
         raise EncodecCheckpointError(f"{source}: does not fit the EnCodec config: " + "; ".join(problems))
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
