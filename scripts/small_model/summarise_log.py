@@ -20,7 +20,8 @@ def main(run: Path, out: Path) -> None:
     summary = {
         "recipe": "MERT-v1 (MLM on 8 codebooks of a random-projection EnCodec-shaped teacher + CQT, in-batch mixture)",
         "updates": rows[-1]["update"],
-        "audio_seconds_seen": sum(r.get("audio_seconds", 0) for r in rows) or None,
+        # every update reads batch_size x grad_accum crops of at most crop_seconds
+        "audio_seconds_seen_at_most": rows[-1]["update"] * config["batch_size"] * config["grad_accum"] * config["crop_seconds"],
         "loss_first": mean(head, "loss"),
         "loss_last": mean(tail, "loss"),
         "cqt_mse_first": mean(head, "cqt_mse"),

@@ -151,7 +151,7 @@ def _info(directory: Path, config: MertConfig, card: ModelCard | None, revision:
         if rate is not None and int(rate) != config.sample_rate:
             raise CheckpointError(f"{pre}: sampling_rate {rate} disagrees with config.json sample_rate {config.sample_rate}")
     return LoadedInfo(
-        name=card.name if card else directory.name,
+        name=card.name if card else (_config_name(directory) or directory.name),
         path=str(directory),
         revision=revision,
         sample_rate=config.sample_rate,
