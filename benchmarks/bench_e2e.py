@@ -245,8 +245,8 @@ def run(args: argparse.Namespace) -> dict:
     for index, chunk in enumerate(chunks):
         waves = [load_audio(p, SAMPLE_RATE) for p in chunk]  # untimed: forward-only input
         audio_seconds += sum(len(w) for w in waves) / SAMPLE_RATE
-        flops += sum(forward_flops(ours.config, e - s) for w in waves
-                     for s, e in window_plan(len(w), SAMPLE_RATE, WINDOW_SECONDS, None, ours.config.receptive_field))
+        flops += sum(forward_flops(models["float32"].config, e - s) for w in waves
+                     for s, e in window_plan(len(w), SAMPLE_RATE, WINDOW_SECONDS, None, models["float32"].config.receptive_field))
         steps: list[tuple[str, Callable[[], object]]] = [
             ("baseline", lambda: features["baseline"].extend(baseline_track(baseline, p) for p in chunk)),
             ("e2e_float32", lambda: features["float32"].extend(_ordered(mertkit_tracks(extractors["float32"], chunk, args.workers)))),
