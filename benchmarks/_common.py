@@ -97,3 +97,13 @@ def startup_seconds(code: str, *, reps: int = 3, env: dict[str, str] | None = No
         subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+# MERT-v1-95M's architecture (HubertConfig names, as in its config.json), dropout off for inference.
+MERT_95M = dict(
+    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+    num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, feat_extract_norm="group",
+    do_stable_layer_norm=False, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+    feat_proj_dropout=0.0, layerdrop=0.0,
+)

@@ -49,19 +49,12 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent / "src"))
 
+from _common import MERT_95M  # noqa: E402
 from make_tracks import make_tracks  # noqa: E402
 
 SAMPLE_RATE = 24000
 WINDOW_SECONDS = 5.0
 NORMALIZE_EPS = 1e-7
-# MERT-v1-95M's shapes (HubertConfig names).
-MERT_95M = dict(
-    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-    conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-    num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, feat_extract_norm="group",
-    do_stable_layer_norm=False, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-    feat_proj_dropout=0.0, layerdrop=0.0,
-)
 
 
 # ---------------------------------------------------------------------------------------

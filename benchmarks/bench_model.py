@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from _common import (
+    MERT_95M,
     interleaved_timings,
     matmul_peak,
     median,
@@ -41,14 +42,6 @@ from _common import (
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 24000
 
-# MERT-v1-95M's architecture (its config.json), with dropout off for inference.
-MERT_95M = dict(
-    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-    conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-    num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, feat_extract_norm="group",
-    do_stable_layer_norm=False, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-    feat_proj_dropout=0.0, layerdrop=0.0,
-)
 
 
 class BenchError(ValueError):
