@@ -460,3 +460,17 @@ def test_module_does_not_import_torch():
     code = "import sys, mertkit.audio; sys.exit('torch' in sys.modules)"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_mp3_decodes_identically_whole_and_streamed(tmp_path):
+    """libsndfile's MPEG reader gives wrong samples when read in blocks; mp3 must not depend
+    on the block size (we route it to ffmpeg, whose output matches libsndfile's whole read)."""
+    path = tmp_path / "long.mp3"
+    write_mp3(path, seconds=30.0, sample_rate=44100, channels=2)
+    whole, rate = sf.read(path, dtype="float32", always_2d=True)
+    reference = resample(whole.mean(axis=1).astype(np.float32), rate, 24000)
+    loaded = load_audio(path, 24000)
+    streamed = np.concatenate(list(stream_audio(path, 24000, block_seconds=0.5)))
+    assert len(loaded) == len(reference) == len(streamed)
+    assert np.abs(loaded - reference).max() < 1e-4
+    assert np.abs(streamed - reference).max() < 1e-4

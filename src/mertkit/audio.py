@@ -61,6 +61,8 @@ LOAD_BLOCK_SECONDS = 30.0
 _SF_ERR_SYSTEM = 2
 _SF_ERR_MALFORMED_FILE = 3
 _SOUNDFILE_OWN_FAILURES = frozenset({_SF_ERR_SYSTEM, _SF_ERR_MALFORMED_FILE})
+# Formats libsndfile opens but cannot read block by block correctly: decoded by PyAV.
+_SOUNDFILE_BLOCK_UNSAFE = frozenset({"MP3"})
 
 # ffmpeg integer sample formats (packed names) -> (offset, full scale), so that
 # float = (int - offset) / scale lands in [-1, 1) exactly like libsndfile's conversion.
@@ -252,12 +254,19 @@ def _open_input(source: AudioSource, name: str, stack: ExitStack):
     registered on `stack` for closing.
     """
     try:
-        return stack.enter_context(sf.SoundFile(_readable(source)))
+        handle = sf.SoundFile(_readable(source))
     except sf.LibsndfileError as sf_err:
         if sf_err.code in _SOUNDFILE_OWN_FAILURES:
             reason = sf_err.error_string
             raise AudioError(f"{name}: cannot read audio (soundfile: {reason})") from None
         soundfile_reason = sf_err.error_string
+    else:
+        if handle.format not in _SOUNDFILE_BLOCK_UNSAFE:
+            return stack.enter_context(handle)
+        # libsndfile's MPEG reader returns wrong samples when a file is read in blocks (up to
+        # 0.6 off on a plain tone, seen with libsndfile 1.2): mp3 goes to ffmpeg instead.
+        handle.close()
+        soundfile_reason = "mp3 is read by PyAV"
     try:
         container = stack.enter_context(
             av.open(_readable(source), mode="r", metadata_errors="replace")
