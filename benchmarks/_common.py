@@ -107,3 +107,26 @@ MERT_95M = dict(
     do_stable_layer_norm=False, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
     feat_proj_dropout=0.0, layerdrop=0.0,
 )
+
+
+class BenchError(ValueError):
+    """The benchmark cannot run as asked (missing package, bad option)."""
+
+
+def run_benchmark(name: str, argv, parse_args, run, print_report) -> int:
+    """The shared `main`: parse, run, print the report and its JSON line (and file, if asked)."""
+    import json
+    import time
+
+    try:
+        args = parse_args(argv)
+        record = run(args)
+    except BenchError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print_report(record)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2))
+    return 0

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,8 @@ import torch.nn.functional as F
 
 from _common import (
     MERT_95M,
+    BenchError,
+    run_benchmark,
     interleaved_timings,
     matmul_peak,
     median,
@@ -44,8 +45,6 @@ SAMPLE_RATE = 24000
 
 
 
-class BenchError(ValueError):
-    """The benchmark cannot run as asked (missing package, bad option)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,18 +298,7 @@ def print_report(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        record = run(args)
-    except BenchError as err:
-        print(f"bench_model: {err}", file=sys.stderr)
-        return 2
-    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    print_report(record)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2))
-    return 0
+    return run_benchmark("bench_model", argv, parse_args, run, print_report)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from _common import matmul_peak, median, set_threads
+from _common import BenchError, matmul_peak, median, run_benchmark, set_threads
 
 from mertkit.pretrain.config import PretrainConfig, PretrainConfigError, load_config
 from mertkit.pretrain.data import Batch
@@ -46,8 +46,6 @@ DEFAULT_UPDATES = {"tiny": 10, "95m": 3}  # anything else: 2
 DEFAULT_WARMUP = 2
 
 
-class BenchError(ValueError):
-    """The benchmark cannot run as asked (bad option, no CUDA, ...)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,18 +360,7 @@ def print_report(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        record = run(args)
-    except BenchError as err:
-        print(f"bench_pretrain: {err}", file=sys.stderr)
-        return 2
-    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    print_report(record)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2))
-    return 0
+    return run_benchmark("bench_pretrain", argv, parse_args, run, print_report)
 
 
 if __name__ == "__main__":
