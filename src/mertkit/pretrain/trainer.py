@@ -357,8 +357,18 @@ def save_checkpoint(
         dist.all_gather_object(states, rng_state())
     else:
         states = [rng_state()]
-    if not env.is_main:
-        return
+    if env.is_main:
+        _write_checkpoint(out, model, optimizer, scaler, position, cfg, env, states)
+    if env.world_size > 1:
+        # No process runs ahead, or exits and tears down the process group, while rank 0
+        # is still writing: gloo aborts a peer whose partner vanished mid-connection.
+        dist.barrier()
+
+
+def _write_checkpoint(
+    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    position: Position, cfg: PretrainConfig, env: DistEnv, states: list,
+) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
@@ -515,6 +525,7 @@ def main(argv: list[str] | None = None) -> None:
     config, audio, labels, out = args
     train(load_config(config), audio, None if labels == "-" else labels, out, resume=resume)
     if dist.is_initialized():
+        dist.barrier()  # every process leaves together, so none sees its peer vanish
         dist.destroy_process_group()
 
 
