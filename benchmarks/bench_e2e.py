@@ -217,6 +217,10 @@ def run(args: argparse.Namespace) -> dict:
     from mertkit.extract import Extractor, ExtractOptions, window_plan
 
     torch.set_num_threads(args.threads)
+    from mertkit.allocator import keep_freed_memory
+
+    # Process-wide: the baseline gets it too (MERTKIT_KEEP_FREED_MEMORY=0 turns it off).
+    kept = keep_freed_memory()
     work = Path(args.work_dir)
     paths = make_tracks(work / "tracks", count=args.count, min_seconds=args.min_seconds,
                         max_seconds=args.max_seconds)
@@ -260,7 +264,8 @@ def run(args: argparse.Namespace) -> dict:
                 peaks[dtype] += [before, after]
                 peak_seconds[dtype] += elapsed * (before + after) / 2
         print(f"chunk {index + 1}/{len(chunks)} done ({audio_seconds:.0f} s of audio so far)", file=sys.stderr)
-    return _summary(args, paths, audio_seconds, flops, times, peaks, peak_seconds, features)
+    return {**_summary(args, paths, audio_seconds, flops, times, peaks, peak_seconds, features),
+            "keep_freed_memory": kept}
 
 
 def _ordered(results: dict[int, np.ndarray]) -> list[np.ndarray]:
@@ -307,7 +312,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def print_table(r: dict) -> None:
     t = r["throughput_audio_s_per_s"]
     print(f"\n{r['tracks']} tracks, {r['audio_seconds']:.0f} s of audio; threads {r['threads']}, "
-          f"batch {r['batch_size']}, decode workers {r['decode_workers']}")
+          f"batch {r['batch_size']}, decode workers {r['decode_workers']}, "
+          f"malloc keeps freed memory (all paths): {r['keep_freed_memory']}")
     print(f"{'path':<34}{'wall s':>9}{'audio s / s':>13}{'vs baseline':>13}")
     rows = [("baseline (HF eager fp32, per file)", "baseline"), ("mertkit fp32 (exact)", "e2e_float32"),
             ("mertkit bf16", "e2e_bfloat16"), ("forward-only fp32", "fwd_float32"),

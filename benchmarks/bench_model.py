@@ -203,7 +203,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     threads = set_threads(args.threads)
+    from mertkit.allocator import keep_freed_memory
     from mertkit.model import HAS_ONEDNN_OPS
+
+    # Process-wide, so the official model gets it too (MERTKIT_KEEP_FREED_MEMORY=0 turns it off).
+    kept = keep_freed_memory()
 
     peaks = measure_peaks()
     official = official_model(args.seed)
@@ -220,6 +224,7 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "threads": threads,
         "onednn_kernels": HAS_ONEDNN_OPS,
+        "keep_freed_memory": kept,
         "window_seconds": args.seconds,
         "reps": args.reps,
         "gflop_per_window": sum(flops.values()) / 1e9,
@@ -269,7 +274,8 @@ def _batch_record(result: BatchResult, flops_per_window: float, peaks: dict) -> 
 def print_report(record: dict) -> None:
     peaks = record["peak_gflops"]
     onednn = f", oneDNN fp32 linear {peaks['onednn_fp32']:.0f}" if peaks["onednn_fp32"] else ""
-    print(f"torch {record['torch']}, {record['threads']} threads, oneDNN fused kernels: {record['onednn_kernels']}")
+    print(f"torch {record['torch']}, {record['threads']} threads, oneDNN fused kernels: {record['onednn_kernels']}, "
+          f"malloc keeps freed memory (both models): {record['keep_freed_memory']}")
     print(f"matmul peak GFLOP/s: fp32 {peaks['matmul_fp32']:.0f}, bf16 {peaks['matmul_bf16']:.0f}{onednn}")
     print(f"{record['window_seconds']:g} s window = {record['gflop_per_window']:.1f} GFLOP "
           + "(" + ", ".join(f"{k} {v:.1f}" for k, v in record["gflop_by_part"].items()) + ")")

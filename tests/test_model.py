@@ -162,3 +162,77 @@ def test_training_path_matches_inference_path(layout, padded):
         assert torch.allclose(a, b.detach(), atol=1e-5), f"state {i}: {(a - b.detach()).abs().max():.2e}"
     slow[-1].sum().backward()
     assert model.encoder.layers[0].attention.q_proj.weight.grad is not None
+
+
+# ---------------------------------------------------------------------------------------
+# bf16 attention on CPU (matmul path with centred keys)
+# ---------------------------------------------------------------------------------------
+def _reference_attention(q, k, v, key_mask):
+    """float64 SDPA, [B, H, F, D] -> [B, F, H*D]."""
+    y = torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), attn_mask=key_mask)
+    batch, heads, frames, dim = y.shape
+    return y.transpose(1, 2).reshape(batch, frames, heads * dim).float()
+
+
+def _qkv(batch=2, heads=4, frames=50, dim=64, key_offset=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, frames, dim, generator=g) for _ in range(3))
+    # Trained transformers' keys share a large common direction; it shifts every score of a
+    # query row by the same amount.
+    k = k + key_offset * torch.randn(1, heads, 1, dim, generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize("block_bytes", [None, 1])  # 1: one head per block, the long-window path
+def test_bf16_cpu_attention_matches_float64_sdpa(monkeypatch, block_bytes):
+    from mertkit import model as model_module
+
+    if block_bytes is not None:
+        monkeypatch.setattr(model_module, "_SCORE_BLOCK_BYTES", block_bytes)
+    q, k, v = _qkv(key_offset=3.0)
+    lengths = torch.tensor([50, 31])
+    key_mask = (torch.arange(50)[None, :] < lengths[:, None])[:, None, None, :]
+    ours = model_module.bf16_cpu_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), key_mask)
+    assert ours.dtype == torch.bfloat16 and ours.shape == (2, 50, 4 * 64)
+    ref = _reference_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), key_mask)
+    cosine = torch.nn.functional.cosine_similarity(ours.float().flatten(0, 1), ref.flatten(0, 1), dim=-1)
+    assert cosine.min() > 0.999
+    # the padded item's valid frames equal running it alone: masked keys carry no weight
+    alone = model_module.bf16_cpu_attention(*(t[1:, :, :31].bfloat16() for t in (q, k, v)), None)
+    assert (ours[1, :31].float() - alone[0].float()).abs().max() < 0.03
+
+
+def test_centred_keys_reduce_bf16_score_rounding():
+    """The reason for centring: with a large shared key component, rounding uncentred scores
+    to bf16 costs over twice the (RMS) error than rounding the centred ones."""
+    from mertkit.model import bf16_cpu_attention
+
+    q, k, v = _qkv(key_offset=10.0, frames=200, seed=1)
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    ref = _reference_attention(qb.float(), kb.float(), vb.float(), None)
+    ours_error = (bf16_cpu_attention(qb, kb, vb, None).float() - ref).pow(2).mean().sqrt()
+    scores = torch.matmul(qb * 0.125, kb.transpose(-1, -2))  # uncentred, rounded to bf16
+    uncentred = torch.matmul(torch.softmax(scores, dim=-1), vb).transpose(1, 2).reshape(ref.shape)
+    uncentred_error = (uncentred.float() - ref).pow(2).mean().sqrt()
+    assert ours_error < uncentred_error / 2, (ours_error, uncentred_error)
+
+
+def test_bf16_model_takes_the_matmul_attention_and_stays_close_to_fp32(monkeypatch):
+    from mertkit import model as model_module
+
+    torch.manual_seed(0)
+    model = MertModel(tiny_config("post_ln")).eval()
+    wave = torch.randn(2, 9000)
+    lengths = torch.tensor([9000, 6100])
+    calls = []
+    original = model_module.bf16_cpu_attention
+    monkeypatch.setattr(model_module, "bf16_cpu_attention", lambda *a: calls.append(1) or original(*a))
+    with torch.no_grad():
+        exact = model(wave, lengths).hidden_states
+        fast = model.to(torch.bfloat16)(wave.bfloat16(), lengths).hidden_states
+    assert len(calls) == model.config.num_hidden_layers
+    frames = 6100 // 320 - 1  # valid frames of the shorter item, well inside its length
+    for a, b in zip(exact, fast):
+        cosine = torch.nn.functional.cosine_similarity(a[1, :frames], b[1, :frames].float(), dim=-1)
+        assert cosine.min() > 0.99

@@ -41,6 +41,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from mertkit.allocator import keep_freed_memory
 from mertkit.model import MertModel
 from mertkit.pipeline import BLOCK, END, FAILED, DecodeEvent
 
@@ -365,6 +366,8 @@ class Extractor:
             raise ExtractError("compile=True (--compile) needs a CUDA device; on CPU the model already runs "
                                "fused oneDNN kernels, which torch.compile cannot compile")
         self._forward = torch.compile(model, dynamic=True) if compile else model
+        if self.device().type == "cpu":
+            keep_freed_memory()  # see mertkit.allocator: saves re-faulting activations each forward
         # Leftover windows allowed to wait for a same-length partner before running padded.
         self.max_pending = 2 * options.batch_size
 
