@@ -72,6 +72,10 @@ def test_every_task_and_baseline_has_a_finite_score(run):
     sweep = [r for r in payload["results"] if r["setting"] == "all"]
     assert all(len(r["per_layer"]) == tiny_config().num_hidden_states for r in sweep)
     metrics = {r["task"]: r["metric"] for r in payload["results"]}
+    # clip tasks take the run's probe (the MLP by default); the frame-level beat task the linear one
+    kinds = {r["task"]: r["probe"] for r in payload["results"] if r["source"] == "model"}
+    assert kinds == {"pitch": "mlp", "instrument": "mlp", "key": "mlp", "tempo": "mlp", "beat": "linear"}
+    assert payload["probe"]["beat_kind"] == "linear"
     assert metrics == {"pitch": "accuracy", "instrument": "accuracy", "key": "accuracy", "tempo": "r2", "beat": "beat_f"}
     assert payload["model"]["path"] == str(root / "tiny-mert") and payload["model"]["random_weights"] is False
     assert payload["probe"]["seeds"] == [0, 1]
@@ -188,6 +192,15 @@ def test_cache_key_separates_checkpoints_with_the_same_name(tmp_path):
     again = tiny_checkpoint(tmp_path / "c" / "model", seed=0)
     assert suite_runner.model_fingerprint(first) != suite_runner.model_fingerprint(second)
     assert suite_runner.model_fingerprint(first) == suite_runner.model_fingerprint(again)
+
+
+def test_beat_probe_settings_cap_the_schedule():
+    settings = suite_runner.ProbeSettings(kind="mlp", max_epochs=100, patience=10)
+    clip, beat = settings.config("all"), settings.config("all", frame_level=True)
+    assert (clip.kind, clip.max_epochs, clip.patience) == ("mlp", 100, 10)
+    assert (beat.kind, beat.max_epochs, beat.patience) == ("linear", 30, 5)
+    short = suite_runner.ProbeSettings(max_epochs=2, patience=1, beat_kind="mlp").config(0, frame_level=True)
+    assert (short.kind, short.max_epochs, short.patience) == ("mlp", 2, 1)
 
 
 def test_cli_default_model_says_random_and_prints_the_table(run, tmp_path, monkeypatch):

@@ -45,9 +45,12 @@ def _parse_baselines(value: str) -> tuple[str, ...]:
               help="Where the suite is (rendered there when missing). Default: OUT/suite/synth-seed<S>-clips<N>.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/eval-synth"),
               show_default=True, help="Folder for the feature cache, results.json, results.md and layers.png.")
-@click.option("--tasks", default="pitch,instrument,key,tempo", show_default=True,
-              help="Comma-separated: pitch, instrument, key, tempo, beat (beat: frame-level, hours on CPU).")
-@click.option("--probe", "probe_kind", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True)
+@click.option("--tasks", default="pitch,instrument,key,tempo,beat", show_default=True,
+              help="Comma-separated: pitch, instrument, key, tempo, beat.")
+@click.option("--probe", "probe_kind", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True,
+              help="Probe for the clip-level tasks.")
+@click.option("--beat-probe", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True,
+              help="Probe for the frame-level beat task (at most 30 epochs, patience 5; an MLP there takes hours on CPU).")
 @click.option("--layers", default="all,weighted", show_default=True,
               help="Model layer settings: 'all' (sweep, best layer), 'weighted', 'conv1d', or indices.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Probe seeds (mean ± std over them).")
@@ -69,7 +72,7 @@ def _parse_baselines(value: str) -> tuple[str, ...]:
 @click.option("--quiet", is_flag=True, help="No progress messages or bars (the table is still printed).")
 @click.pass_context
 def evaluate(ctx: click.Context, model_name: str | None, suite: str, suite_dir: Path | None, out_dir: Path, tasks: str,
-             probe_kind: str, layers: str, seeds: str, lrs: str, epochs: int, patience: int, baselines: str,
+             probe_kind: str, beat_probe: str, layers: str, seeds: str, lrs: str, epochs: int, patience: int, baselines: str,
              clips: int | None, seed: int, window: float, batch_size: int, device: str, dtype: str, quick: bool,
              quiet: bool) -> None:
     """Extract, cache and probe a model on a benchmark suite, next to hand-crafted baselines."""
@@ -84,6 +87,7 @@ def evaluate(ctx: click.Context, model_name: str | None, suite: str, suite_dir: 
     try:
         run = run_suite(
             model_name, suite_dir, out_dir, tasks=_parse_list(tasks, str, "--tasks"), probe=probe_kind,
+            beat_probe=beat_probe,
             layers=_parse_layers(layers), seeds=_parse_list(seeds, int, "--seeds"), lrs=_parse_list(lrs, float, "--lrs"),
             max_epochs=epochs, patience=patience, baselines=_parse_baselines(baselines), seed=seed,
             clips_per_task=clips, window=window, batch_size=batch_size, dtype=dtype, device=device,

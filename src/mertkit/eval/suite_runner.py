@@ -68,11 +68,8 @@ __all__ = [
 
 # Probe task -> the suite folder it reads.
 PROBE_TASKS: dict[str, str] = {"pitch": "pitch", "instrument": "instrument", "key": "key", "tempo": "tempo", "beat": "tempo"}
-# Beat tracking is opt-in: its frame-level probes train on [clips, layers, frames, width]
-# arrays, hours of CPU at the default suite size (measured: ~8 s per MLP epoch per layer).
-DEFAULT_TASKS = ("pitch", "instrument", "key", "tempo")
-BEAT_NOT_RUN = ("beat tracking not run: its frame-level probes take hours on CPU at this size "
-                "(add it with tasks=[..., 'beat'] / --tasks ...,beat); tempo is scored as BPM regression instead")
+DEFAULT_TASKS = ("pitch", "instrument", "key", "tempo", "beat")
+BEAT_NOT_RUN = "beat tracking not run (not among the tasks); tempo is scored as BPM regression only"
 BASELINE_TITLES = {"mfcc": "MFCC stats", "chroma": "chroma stats"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 PLOT_FLOOR = -100.0  # lowest score ×100 drawn (R² can be far below 0)
@@ -94,8 +91,18 @@ class ProbeSettings:
     max_epochs: int = 100
     patience: int = 10
     batch_size: int | None = 64
+    # Frame-level beat probes see every frame (~110k training frames at the default suite
+    # size): an MLP there costs ~8 s per epoch per layer, hours for the sweep on CPU, so the
+    # beat task trains a linear probe on a shorter schedule by default.
+    beat_kind: str = "linear"
+    beat_max_epochs: int = 30
+    beat_patience: int = 5
 
-    def config(self, layer: int | str) -> ProbeConfig:
+    def config(self, layer: int | str, *, frame_level: bool = False) -> ProbeConfig:
+        if frame_level:
+            return ProbeConfig(kind=self.beat_kind, layer=layer, lrs=self.lrs, seeds=self.seeds,
+                               max_epochs=min(self.max_epochs, self.beat_max_epochs),
+                               patience=min(self.patience, self.beat_patience), batch_size=self.batch_size)
         return ProbeConfig(kind=self.kind, layer=layer, lrs=self.lrs, seeds=self.seeds, max_epochs=self.max_epochs,
                            patience=self.patience, batch_size=self.batch_size)
 
@@ -176,6 +183,7 @@ def run_suite(
     *,
     tasks: Sequence[str] | None = None,
     probe: str = "mlp",
+    beat_probe: str = "linear",
     layers: int | str | Sequence[int | str] = ("all", "weighted"),
     seeds: Sequence[int] = (0, 1, 2),
     lrs: Sequence[float] = (1e-4, 1e-3, 1e-2),
@@ -195,7 +203,7 @@ def run_suite(
     started = time.perf_counter()
     log = log or (lambda message: None)
     # Every setting is checked before anything slow runs.
-    settings = _probe_settings(probe, layers, seeds, lrs, max_epochs, patience)
+    settings = _probe_settings(probe, layers, seeds, lrs, max_epochs, patience, beat_probe)
     options = _extract_options(window, batch_size, dtype)
     _check_baselines(baselines)
     wanted = _check_tasks(tasks)
@@ -210,7 +218,7 @@ def run_suite(
     baseline_dirs = {name: write_baselines(suite_tasks, out_dir, name, log) for name in baselines}
     entries = run_probes(suite_tasks, feature_dirs, baseline_dirs, settings, log)
     floors = {task.name: floor_score(task) for task in suite_tasks}
-    notes = _notes(info, suite_tasks, wanted)
+    notes = _notes(info, suite_tasks, wanted, settings)
     seconds = time.perf_counter() - started
     context = _report_context(info, suite_tasks, wanted, settings, baselines, window, seed, seconds, notes)
     paths, table = write_suite_report(entries, floors, context, out_dir)
@@ -218,15 +226,17 @@ def run_suite(
 
 
 def _probe_settings(
-    probe: str, layers: int | str | Sequence[int | str], seeds: Sequence[int], lrs: Sequence[float], max_epochs: int, patience: int
+    probe: str, layers: int | str | Sequence[int | str], seeds: Sequence[int], lrs: Sequence[float], max_epochs: int,
+    patience: int, beat_probe: str = "linear",
 ) -> ProbeSettings:
     chosen = (layers,) if isinstance(layers, (int, str)) else tuple(layers)
     if not chosen:
         raise SuiteRunError("no layer setting given (use 'all', 'weighted', 'conv1d' or a layer index)")
-    settings = ProbeSettings(probe, chosen, tuple(seeds), tuple(lrs), max_epochs, patience)
+    settings = ProbeSettings(probe, chosen, tuple(seeds), tuple(lrs), max_epochs, patience, beat_kind=beat_probe)
     try:
         for layer in chosen:
             settings.config(layer)
+            settings.config(layer, frame_level=True)
     except ProbeError as error:
         raise SuiteRunError(f"probe settings: {error}") from error
     return settings
@@ -502,7 +512,7 @@ def _features(folder: Path, task: SuiteTask) -> FeatureSplits:
 def _probe(task: SuiteTask, data: FeatureSplits, source: str, layer: int | str, settings: ProbeSettings, log: Log) -> ProbeEntry:
     started = time.perf_counter()
     try:
-        result = run_probe(task.spec, data, settings.config(layer))
+        result = run_probe(task.spec, data, settings.config(layer, frame_level=task.frame_level))
     except ProbeError as error:
         raise SuiteRunError(f"task {task.name!r}, {source} layer {layer!r}: {error}") from error
     except MetricError as error:
@@ -535,15 +545,17 @@ def floor_score(task: SuiteTask) -> float:
 # ----------------------------------------------------------------------------- report
 
 
-def _notes(info: ModelInfo, tasks: Sequence[SuiteTask], wanted: Sequence[str]) -> list[str]:
+def _notes(info: ModelInfo, tasks: Sequence[SuiteTask], wanted: Sequence[str], settings: ProbeSettings) -> list[str]:
     notes = []
     if "tempo" in wanted and "beat" not in wanted:
         notes.append(BEAT_NOT_RUN)
     if info.random_weights:
         notes.append("The model has RANDOM weights: every model number is a floor for an untrained network, not a result.")
     if any(task.name == "beat" for task in tasks):
-        notes.append("beat: per-frame beat activation probe, peak picking (not madmom's DBN), F-measure at 70 ms "
-                     "tolerance; no baseline (MFCC/chroma statistics have no time axis).")
+        beat = settings.config(0, frame_level=True)
+        notes.append(f"beat: per-frame beat activation, {beat.kind} probe (at most {beat.max_epochs} epochs, patience "
+                     f"{beat.patience}), peak picking (not madmom's DBN), F-measure at 70 ms tolerance; no baseline "
+                     "(MFCC/chroma statistics have no time axis).")
     if any(task.name == "tempo" for task in tasks):
         notes.append("tempo: the clip's BPM regressed from time-pooled features (R²).")
     return notes
