@@ -525,7 +525,11 @@ def main(argv: list[str] | None = None) -> None:
     config, audio, labels, out = args
     train(load_config(config), audio, None if labels == "-" else labels, out, resume=resume)
     if dist.is_initialized():
-        dist.barrier()  # every process leaves together, so none sees its peer vanish
+        # gloo's barrier completes only after every earlier collective of the process has, so
+        # no asynchronous work (DDP's gradient buckets included) is alive when the group is
+        # torn down; work destroyed mid-flight aborted a rank at exit ("terminate called
+        # without an active exception") once in CI.
+        dist.barrier()
         dist.destroy_process_group()
 
 
