@@ -265,5 +265,6 @@ def test_cli_quick_sets_small_defaults_but_explicit_options_win(tmp_path, monkey
     assert model is None and out_dir == tmp_path and suite_dir == tmp_path / "suite" / "synth-seed0-clips40"
     assert kwargs["clips_per_task"] == 40 and kwargs["seeds"] == (5, 6)
     assert kwargs["lrs"] == (1e-3,) and kwargs["max_epochs"] == 30
-    assert kwargs["tasks"] == ("pitch", "instrument", "key", "tempo") and kwargs["layers"] == ("all", "weighted")
+    assert kwargs["tasks"] == ("pitch", "instrument", "key", "tempo", "beat") and kwargs["layers"] == ("all", "weighted")
+    assert kwargs["probe"] == "mlp" and kwargs["beat_probe"] == "linear"
     assert result.stdout.strip().endswith("THE TABLE")
