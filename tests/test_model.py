@@ -198,9 +198,10 @@ def test_bf16_cpu_attention_matches_float64_sdpa(monkeypatch, block_bytes):
     ref = _reference_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), key_mask)
     cosine = torch.nn.functional.cosine_similarity(ours.float().flatten(0, 1), ref.flatten(0, 1), dim=-1)
     assert cosine.min() > 0.999
-    # the padded item's valid frames equal running it alone: masked keys carry no weight
+    # the padded item's valid frames equal running it alone (masked keys carry no weight and
+    # the keys are centred on the valid ones), to within one bf16 step near 1
     alone = model_module.bf16_cpu_attention(*(t[1:, :, :31].bfloat16() for t in (q, k, v)), None)
-    assert (ours[1, :31].float() - alone[0].float()).abs().max() < 0.03
+    assert (ours[1, :31].float() - alone[0].float()).abs().max() <= 2**-7
 
 
 def test_centred_keys_reduce_bf16_score_rounding():

@@ -403,13 +403,15 @@ def bf16_cpu_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None)
     step = max(1, _SCORE_BLOCK_BYTES // (frames * frames * q.element_size()))
     out = q.new_empty(batch, frames, heads, dim)
     for b in range(batch):
-        masked_keys = None if key_mask is None else ~key_mask[b, 0]  # [1, F]
+        valid = None if key_mask is None else key_mask[b, 0, 0]  # [F]
         for h in range(0, heads, step):
             keys = k[b, h : h + step].float()
-            keys = (keys - keys.mean(dim=-2, keepdim=True)).to(q.dtype)
+            # Any constant works; the valid keys' mean gives a padded item the same scores as alone.
+            centre = (keys if valid is None else keys[:, valid]).mean(dim=-2, keepdim=True)
+            keys = (keys - centre).to(q.dtype)
             scores = torch.matmul(q[b, h : h + step] * scale, keys.transpose(-1, -2))
-            if masked_keys is not None:
-                scores.masked_fill_(masked_keys, float("-inf"))
+            if valid is not None:
+                scores.masked_fill_(~valid, float("-inf"))
             probs = torch.softmax(scores, dim=-1)  # accumulates in fp32, returns bf16
             out[b, :, h : h + step] = torch.matmul(probs, v[b, h : h + step]).transpose(0, 1)
     return out.view(batch, frames, heads * dim)
