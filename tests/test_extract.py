@@ -127,3 +127,32 @@ def test_bfloat16_model_runs_natively_close_to_fp32(model):
     cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
     assert cos.min() > 0.99
     assert np.abs(got - ref).max() > 0  # it really ran in reduced precision
+
+
+def test_row_buffer_keeps_rows_across_growth():
+    from mertkit.extract import RowBuffer
+
+    buffer = RowBuffer(initial_rows=2)
+    rows = [np.full((3, 4), i, dtype=np.float32) for i in range(9)]  # grows 2 -> 4 -> 8 -> 16
+    for row in rows:
+        buffer.append(row)
+    out = buffer.array()
+    assert out.shape == (9, 3, 4) and out.dtype == np.float32
+    assert np.array_equal(out, np.stack(rows))
+    buffer.append(np.zeros((3, 4), dtype=np.float32))
+    assert out.shape == (9, 3, 4)  # a copy: later rows do not touch an earlier result
+    with pytest.raises(ValueError, match="no rows"):
+        RowBuffer().array()
+
+
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_pooled_window_vectors_and_track_pool_match_the_frames(model, pool):
+    wave = np.random.default_rng(3).standard_normal(SR * 4).astype(np.float32) * 0.1
+    window = 0.05  # 80 windows: the per-window buffer (64 rows at first) has to grow
+    frames = Extractor(model, ExtractOptions(pool="none", window=window)).extract(wave)
+    pooled = Extractor(model, ExtractOptions(pool=pool, window=window)).extract(wave)
+    reduce = np.mean if pool == "mean" else np.max
+    np.testing.assert_allclose(pooled.hidden_states, reduce(frames.hidden_states, axis=1), rtol=1e-5, atol=1e-5)
+    assert pooled.window_pooled.shape[0] == len(pooled.window_starts) == 80
+    per_window = Extractor(model, ExtractOptions(pool=pool, window=window)).extract(wave[: int(window * SR)])
+    np.testing.assert_allclose(pooled.window_pooled[0], per_window.window_pooled[0], rtol=1e-5, atol=1e-5)

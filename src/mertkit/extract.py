@@ -240,6 +240,37 @@ class Sink(Protocol):
     def abort(self) -> None: ...
 
 
+class RowBuffer:
+    """Rows of one shape appended into one array that doubles when full.
+
+    Why not a list of rows: each window's small pooled vector, kept for the whole track,
+    lands in the heap between the large short-lived activations of the next forward, which
+    then cannot reuse that space; the heap crept up by ~14 MB per batch on MERT-v1-95M
+    (benchmarks/bench_memory.py). A doubling buffer is a handful of allocations per track.
+    """
+
+    def __init__(self, initial_rows: int = 64):
+        self.rows: np.ndarray | None = None
+        self.count = 0
+        self.initial_rows = initial_rows
+
+    def append(self, row: np.ndarray) -> None:
+        if self.rows is None:
+            self.rows = np.empty((self.initial_rows, *row.shape), dtype=row.dtype)
+        elif self.count == len(self.rows):
+            grown = np.empty((2 * len(self.rows), *self.rows.shape[1:]), dtype=self.rows.dtype)
+            grown[: self.count] = self.rows
+            self.rows = grown
+        self.rows[self.count] = row
+        self.count += 1
+
+    def array(self) -> np.ndarray:
+        """A copy of the rows appended so far, [count, *row shape]."""
+        if self.rows is None:
+            raise ValueError("no rows were appended")
+        return self.rows[: self.count].copy()
+
+
 class FeatureSink:
     """Assembles one track's `Features` in memory: all kept frames for pool 'none', else only
     running accumulators plus the (tiny) per-window pooled vectors."""
@@ -249,7 +280,7 @@ class FeatureSink:
         self.frames: list[np.ndarray] = []
         self.stamps: list[np.ndarray] = []
         self.bounds: list[tuple[int, int]] = []
-        self.window_pooled: list[np.ndarray] = []
+        self.window_pooled = RowBuffer()
         self.total: np.ndarray | None = None
         self.count = 0
 
@@ -261,10 +292,13 @@ class FeatureSink:
             return
         self.window_pooled.append(output.pooled)
         self.count += len(output.timestamps)
-        if self.pool == "mean":
-            self.total = output.kept_sum if self.total is None else self.total + output.kept_sum
+        update = output.kept_sum if self.pool == "mean" else output.kept_max
+        if self.total is None:
+            self.total = np.array(update)  # owned: kept_max is a view of the batch's statistics
+        elif self.pool == "mean":
+            np.add(self.total, update, out=self.total)  # in place: no allocation per window
         else:
-            self.total = output.kept_max if self.total is None else np.maximum(self.total, output.kept_max)
+            np.maximum(self.total, update, out=self.total)
 
     def finish(self, num_samples: int) -> Features:
         duration = num_samples / self.sample_rate
@@ -274,7 +308,7 @@ class FeatureSink:
             frames = np.concatenate(self.frames, axis=1)
             return Features(frames, self.layers, np.concatenate(self.stamps), starts, ends, None, duration)
         track = self.total / self.count if self.pool == "mean" else self.total
-        return Features(track.astype(np.float32), self.layers, None, starts, ends, np.stack(self.window_pooled),
+        return Features(track.astype(np.float32), self.layers, None, starts, ends, self.window_pooled.array(),
                         duration)
 
     def abort(self) -> None:
