@@ -361,7 +361,7 @@ def save_checkpoint(
         _write_checkpoint(out, model, optimizer, scaler, position, cfg, env, states)
     if env.world_size > 1:
         # No process runs ahead, or exits and tears down the process group, while rank 0
-        # is still writing: gloo aborts a peer whose partner vanished mid-connection.
+        # is still writing the checkpoint.
         dist.barrier()
 
 
