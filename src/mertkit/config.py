@@ -161,16 +161,7 @@ class MertConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> MertConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise ConfigError(f"{path}: no such config file") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_object(path, ConfigError), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """Official field names (plus whatever the source file carried), ready for config.json."""
@@ -207,3 +198,17 @@ def _refuse_unsupported(data: dict[str, Any], source: str) -> None:
             )
     if data.get("model_type") in DATA2VEC_TYPES and data.get("do_stable_layer_norm"):
         raise ConfigError(f"{source}: data2vec-audio with do_stable_layer_norm=true is not a released layout")
+
+
+def read_json_object(path: str | os.PathLike, error: type[Exception]) -> dict[str, Any]:
+    """A config file's JSON object; a missing file, bad JSON or another JSON type raises `error`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise error(f"{path}: no such config file") from err
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mertkit.config import ConfigError, MertConfig
+from mertkit.config import ConfigError, MertConfig, read_json_object
 
 PRESET_NAMES = ("tiny", "95m", "330m")
 OBJECTIVES = ("mlm", "data2vec")
@@ -169,14 +169,7 @@ class PretrainConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> PretrainConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise PretrainConfigError(f"{path}: no such config file") from err
-        except json.JSONDecodeError as err:
-            raise PretrainConfigError(f"{path}: not valid JSON ({err})") from err
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_object(path, PretrainConfigError), source=str(path))
 
     def save_json(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
