@@ -71,7 +71,7 @@ def matmul_peak(dtype: torch.dtype, *, size: int = 2048, reps: int = 10) -> floa
 
 def onednn_linear_peak(dtype: torch.dtype, *, size: int = 2048, reps: int = 10) -> float | None:
     """Best GFLOP/s of a square matmul through oneDNN's linear op; None when torch lacks it."""
-    from mertkit.model import HAS_ONEDNN_OPS
+    from mertkit.models.hubert.model import HAS_ONEDNN_OPS
 
     if not HAS_ONEDNN_OPS:
         return None

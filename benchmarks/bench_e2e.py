@@ -13,7 +13,7 @@ What each side does per track:
         used so that the feature difference measures the models and the pipeline, not two
         resamplers. A tail shorter than one frame (400 samples) is dropped, as mertkit does.)
     mertkit (the library pipeline `mert extract` runs):
-        mertkit.pipeline.decode_files (decoding + resampling streamed in a worker process,
+        mertkit.extraction.decode.decode_files (decoding + resampling streamed in a worker process,
         overlapped with the model) -> Extractor.run: 5 s windows batched across tracks,
         equal-length windows together -> MertModel -> per-track mean pooled [13, 768];
         fp32 ("exact mode") and bf16 autocast.
@@ -137,7 +137,7 @@ def baseline_track(model, path: Path) -> np.ndarray:
 
 def mertkit_tracks(extractor, paths: list[Path], workers: int) -> dict[int, np.ndarray]:
     """The library pipeline: decoding in `workers` processes, batched windows, pooled output."""
-    from mertkit.pipeline import decode_files
+    from mertkit.extraction.decode import decode_files
 
     events = decode_files([str(p) for p in paths], SAMPLE_RATE, workers=workers)
     return _collect(extractor.run(events, extractor.feature_sink))
@@ -145,7 +145,7 @@ def mertkit_tracks(extractor, paths: list[Path], workers: int) -> dict[int, np.n
 
 def forward_only(extractor, waves: list[np.ndarray]) -> dict[int, np.ndarray]:
     """The same Extractor over waveforms already decoded and resampled in memory."""
-    from mertkit.pipeline import decode_waveforms
+    from mertkit.extraction.decode import decode_waveforms
 
     return _collect(extractor.run(decode_waveforms(waves), extractor.feature_sink))
 
@@ -214,10 +214,10 @@ def run(args: argparse.Namespace) -> dict:
 
     import mertkit
     from mertkit.audio import load_audio
-    from mertkit.extract import Extractor, ExtractOptions, window_plan
+    from mertkit.extraction.engine import Extractor, ExtractOptions, window_plan
 
     torch.set_num_threads(args.threads)
-    from mertkit.allocator import keep_freed_memory
+    from mertkit.extraction.allocator import keep_freed_memory
 
     # Process-wide: the baseline gets it too (MERTKIT_KEEP_FREED_MEMORY=0 turns it off).
     kept = keep_freed_memory()

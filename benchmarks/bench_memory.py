@@ -1,7 +1,7 @@
 """Peak memory of extracting one long track on MERT-v1-95M shapes: pooled and frame-level
 output, a 10-minute track vs a 1-minute one (flat = memory independent of track length).
 
-Each measurement runs `mertkit.runner.run_extract` (the library call behind `mert extract`)
+Each measurement runs `mertkit.extraction.runner.run_extract` (the library call behind `mert extract`)
 over one synthetic 44.1 kHz stereo mp3 in a fresh subprocess, which reports its peak resident
 set (VmHWM from /proc/self/status, the same number as getrusage's ru_maxrss) and its resident
 set right after loading the model, so the table separates the fixed cost (interpreter, torch,
@@ -44,8 +44,8 @@ def child(args: argparse.Namespace) -> int:
     import torch
 
     import mertkit
-    from mertkit.extract import ExtractOptions
-    from mertkit.runner import run_extract
+    from mertkit.extraction.engine import ExtractOptions
+    from mertkit.extraction.runner import run_extract
 
     torch.set_num_threads(args.threads)
     model = mertkit.load(args.checkpoint)

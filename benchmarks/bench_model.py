@@ -10,7 +10,7 @@ fp32 (what MERT's remote code runs). Reported:
   over frames) against the official fp32 states;
 - each as achieved GFLOP/s (analytic FLOP count) and as a fraction of the matmul peak
   (square torch.matmul, fp32 and bf16) measured in the same run;
-- optionally the start-up wall time of `import mertkit.cli` vs `import transformers`.
+- optionally the start-up wall time of `import mertkit.cli.app` vs `import transformers`.
 
     python benchmarks/bench_model.py            # batches 1 and 4
     python benchmarks/bench_model.py --quick    # batch 1, fewer repetitions
@@ -169,10 +169,10 @@ def bench_batch(official, ours, ours_bf16, batch: int, seconds: float, reps: int
 
 def startup_times() -> dict[str, float] | None:
     """Fresh-interpreter import times; None when mertkit has no CLI module yet."""
-    if importlib.util.find_spec("mertkit.cli") is None:
+    if importlib.util.find_spec("mertkit.cli.app") is None:
         return None
     return {
-        "import mertkit.cli": startup_seconds("import mertkit.cli"),
+        "import mertkit.cli.app": startup_seconds("import mertkit.cli.app"),
         "import torch": startup_seconds("import torch"),
         "import transformers.HubertModel": startup_seconds("from transformers import HubertModel"),
     }
@@ -203,8 +203,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     threads = set_threads(args.threads)
-    from mertkit.allocator import keep_freed_memory
-    from mertkit.model import HAS_ONEDNN_OPS
+    from mertkit.extraction.allocator import keep_freed_memory
+    from mertkit.models.hubert.model import HAS_ONEDNN_OPS
 
     # Process-wide, so the official model gets it too (MERTKIT_KEEP_FREED_MEMORY=0 turns it off).
     kept = keep_freed_memory()

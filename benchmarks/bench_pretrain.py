@@ -38,7 +38,7 @@ import torch
 
 from _common import BenchError, matmul_peak, median, run_benchmark, set_threads
 
-from mertkit.pretrain.config import PretrainConfig, PretrainConfigError, load_config
+from mertkit.pretrain.pretrain_config import PretrainConfig, PretrainConfigError, load_config
 from mertkit.pretrain.data import Batch
 from mertkit.pretrain.trainer import DistEnv, build_model, lr_at, train_step
 

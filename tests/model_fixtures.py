@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mertkit.config import MertConfig
+from mertkit.models.hubert.config import MertConfig
 
 TINY = dict(
     hidden_size=32,

@@ -1,4 +1,4 @@
-"""mertkit.allocator: glibc malloc keeps freed activation memory, once, with an opt-out."""
+"""mertkit.extraction.allocator: glibc malloc keeps freed activation memory, once, with an opt-out."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 _PROBE = """
 import resource, sys
 import numpy as np
-from mertkit.allocator import keep_freed_memory
+from mertkit.extraction.allocator import keep_freed_memory
 applied = keep_freed_memory()
 np.ones(8 * 1024 * 1024)  # first touch, untimed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -47,8 +47,8 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
 
 
 def test_extractor_on_cpu_applies_it(monkeypatch):
-    from mertkit import extract
-    from mertkit.model import MertModel
+    from mertkit.extraction import engine as extract
+    from mertkit.models.hubert.model import MertModel
     from model_fixtures import tiny_config
 
     calls = []

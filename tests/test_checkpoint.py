@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import mertkit
-from mertkit.checkpoint import CheckpointError, read_state_dict, save_pretrained
-from mertkit.config import ConfigError, MertConfig
-from mertkit.model import MertModel
-from mertkit.registry import PRETRAINED, lookup
+from mertkit.models.checkpoint import CheckpointError, read_state_dict, save_pretrained
+from mertkit.models.hubert.config import ConfigError, MertConfig
+from mertkit.models.hubert.model import MertModel
+from mertkit.models.registry import PRETRAINED, lookup
 from model_fixtures import hf_model, tiny_config, write_official_checkpoint
 
 # Shapes of the official config.json files (abridged to the fields that matter + some extras).

@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from audio_fixtures import truncate, write_array, write_m4a, write_mp3, write_text, write_tone
-from mertkit.checkpoint import save_pretrained
-from mertkit.cli import main
-from mertkit.model import MertModel
-from mertkit.runner import load_features
+from mertkit.models.checkpoint import save_pretrained
+from mertkit.cli.app import main
+from mertkit.models.hubert.model import MertModel
+from mertkit.extraction.runner import load_features
 from model_fixtures import tiny_config
 
 

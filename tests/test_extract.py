@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mertkit.extract import ExtractError, Extractor, ExtractOptions, parse_layers, window_plan
-from mertkit.model import MertModel
+from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions, parse_layers, window_plan
+from mertkit.models.hubert.model import MertModel
 from model_fixtures import tiny_config
 
 SR = 24000
@@ -130,7 +130,7 @@ def test_bfloat16_model_runs_natively_close_to_fp32(model):
 
 
 def test_row_buffer_keeps_rows_across_growth():
-    from mertkit.extract import RowBuffer
+    from mertkit.extraction.engine import RowBuffer
 
     buffer = RowBuffer(initial_rows=2)
     rows = [np.full((3, 4), i, dtype=np.float32) for i in range(9)]  # grows 2 -> 4 -> 8 -> 16

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import mertkit.hear as hear
-from mertkit.checkpoint import save_pretrained
-from mertkit.model import MertModel
+from mertkit.models.checkpoint import save_pretrained
+from mertkit.models.hubert.model import MertModel
 from model_fixtures import tiny_config
 
 
@@ -78,9 +78,9 @@ def test_layer_choice(ckpt):
 
 
 def test_empty_default_path_uses_the_demo_model(ckpt, monkeypatch):
-    import mertkit.demo
+    import mertkit.cli.demo_assets
 
-    monkeypatch.setattr(mertkit.demo, "demo_model_dir", lambda: (ckpt, True))
+    monkeypatch.setattr(mertkit.cli.demo_assets, "demo_model_dir", lambda: (ckpt, True))
     assert hear.load_model("", device="cpu").sample_rate == 16000
 
 

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from mertkit.audio import load_audio
-from mertkit.commands.labels import labels as labels_command
-from mertkit.labels import (
+from mertkit.cli.labels import labels as labels_command
+from mertkit.pretrain.labels import (
     MANIFEST_NAME,
     LabelReader,
     LabelsError,
@@ -28,7 +28,7 @@ from mertkit.labels import (
     validate_labels,
     write_labels,
 )
-from mertkit.teachers.encodec import EncodecConfig, EncodecEncoder, EncodecTeacher, load_encodec
+from mertkit.pretrain.teachers.encodec import EncodecConfig, EncodecEncoder, EncodecTeacher, load_encodec
 
 TINY_HF_CONFIG = {
     "model_type": "encodec", "sampling_rate": 24000, "audio_channels": 1, "num_filters": 4,

@@ -16,10 +16,10 @@ import torch
 import mertkit
 from audio_fixtures import write_tone
 from mertkit.audio import load_audio
-from mertkit.checkpoint import save_pretrained
-from mertkit.extract import Extractor, ExtractOptions, WindowOutput
-from mertkit.model import MertModel
-from mertkit.runner import SafetensorsFrameWriter, output_metadata, run_extract
+from mertkit.models.checkpoint import save_pretrained
+from mertkit.extraction.engine import Extractor, ExtractOptions, WindowOutput
+from mertkit.models.hubert.model import MertModel
+from mertkit.extraction.runner import SafetensorsFrameWriter, output_metadata, run_extract
 from model_fixtures import tiny_config
 
 SR = 24000
@@ -74,9 +74,9 @@ RSS_CHILD = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from mertkit.audio import load_audio
-    from mertkit.checkpoint import load
-    from mertkit.extract import Extractor, ExtractOptions
-    from mertkit.runner import run_extract
+    from mertkit.models.checkpoint import load
+    from mertkit.extraction.engine import Extractor, ExtractOptions
+    from mertkit.extraction.runner import run_extract
 
     def peak_kib():
         status = open("/proc/self/status").read()

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import mertkit
-from mertkit.checkpoint import CheckpointError
-from mertkit.model import MertModel
+from mertkit.models.checkpoint import CheckpointError
+from mertkit.models.hubert.model import MertModel
 from model_fixtures import LAYOUTS, hf_model, tiny_config, write_official_checkpoint
 
 MODEL_TYPE = {"post_ln": "mert_model", "pre_ln": "mert_model", "data2vec": None}
@@ -186,7 +186,7 @@ def _qkv(batch=2, heads=4, frames=50, dim=64, key_offset=0.0, seed=0):
 
 @pytest.mark.parametrize("block_bytes", [None, 1])  # 1: one head per block, the long-window path
 def test_bf16_cpu_attention_matches_float64_sdpa(monkeypatch, block_bytes):
-    from mertkit import model as model_module
+    import mertkit.models.kernels as model_module
 
     if block_bytes is not None:
         monkeypatch.setattr(model_module, "_SCORE_BLOCK_BYTES", block_bytes)
@@ -207,7 +207,7 @@ def test_bf16_cpu_attention_matches_float64_sdpa(monkeypatch, block_bytes):
 def test_centred_keys_reduce_bf16_score_rounding():
     """The reason for centring: with a large shared key component, rounding uncentred scores
     to bf16 costs over twice the (RMS) error than rounding the centred ones."""
-    from mertkit.model import bf16_cpu_attention
+    from mertkit.models.kernels import bf16_cpu_attention
 
     q, k, v = _qkv(key_offset=10.0, frames=200, seed=1)
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
@@ -220,7 +220,7 @@ def test_centred_keys_reduce_bf16_score_rounding():
 
 
 def test_bf16_model_takes_the_matmul_attention_and_stays_close_to_fp32(monkeypatch):
-    from mertkit import model as model_module
+    import mertkit.models.hubert.model as model_module
 
     torch.manual_seed(0)
     model = MertModel(tiny_config("post_ln")).eval()

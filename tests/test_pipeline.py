@@ -7,10 +7,10 @@ import torch
 
 from audio_fixtures import write_array, write_text, write_tone
 from mertkit.audio import load_audio
-from mertkit.extract import ExtractError, Extractor, ExtractOptions, Windower, window_plan
-from mertkit.model import MertModel
-from mertkit.pipeline import BLOCK, END, FAILED, decode_files
-from mertkit.runner import load_features, run_extract
+from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions, Windower, window_plan
+from mertkit.models.hubert.model import MertModel
+from mertkit.extraction.decode import BLOCK, END, FAILED, decode_files
+from mertkit.extraction.runner import load_features, run_extract
 from model_fixtures import tiny_config
 
 SR = 24000

@@ -12,7 +12,7 @@ import torch
 
 from audio_fixtures import write_text, write_tone
 from model_fixtures import tiny_config
-from mertkit.extract import Extractor, ExtractOptions
+from mertkit.extraction.engine import Extractor, ExtractOptions
 
 pytest.importorskip("ray")
 pytest.importorskip("pyarrow")
@@ -25,8 +25,8 @@ SECONDS = {"a.flac": 2.3, "b.wav": 1.0, "c.flac": 3.1, "d.wav": 0.6, "sub/e.flac
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from mertkit.checkpoint import save_pretrained
-    from mertkit.model import MertModel
+    from mertkit.models.checkpoint import save_pretrained
+    from mertkit.models.hubert.model import MertModel
 
     torch.manual_seed(0)
     return save_pretrained(MertModel(tiny_config("post_ln")), tmp_path_factory.mktemp("ckpt") / "tiny-mert")
@@ -46,7 +46,7 @@ def music(tmp_path_factory) -> Path:
 def _reference(checkpoint: Path, paths: list[Path]) -> dict[str, object]:
     """The single-process path: decode each file and run the Extractor in this process."""
     from mertkit.audio import load_audio
-    from mertkit.checkpoint import load
+    from mertkit.models.checkpoint import load
 
     model = load(checkpoint)
     extractor = Extractor(model, OPTIONS)
@@ -55,7 +55,8 @@ def _reference(checkpoint: Path, paths: list[Path]) -> dict[str, object]:
 
 @pytest.mark.slow  # starts a Ray cluster: 20-60 s on a shared 2-core machine
 def test_ray_store_equals_single_process_run(checkpoint, music, tmp_path, monkeypatch):
-    from mertkit import ray_engine, store
+    from mertkit import store
+    from mertkit.extraction import ray_engine
 
     store_dir = tmp_path / "store"
     # Relative model and input paths: the workers must not depend on the driver's directory.
@@ -100,7 +101,7 @@ def test_ray_store_equals_single_process_run(checkpoint, music, tmp_path, monkey
 
 
 def test_frame_level_output_is_refused_before_any_cluster_work(checkpoint, tmp_path):
-    from mertkit.ray_engine import RayEngineError, run_ray_extract
+    from mertkit.extraction.ray_engine import RayEngineError, run_ray_extract
 
     with pytest.raises(RayEngineError, match="pooled features"):
         run_ray_extract(str(checkpoint), [], str(tmp_path / "s"), ExtractOptions(pool="none"))

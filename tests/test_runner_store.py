@@ -17,12 +17,12 @@ from click.testing import CliRunner
 import mertkit
 from audio_fixtures import write_array, write_tone
 from mertkit.audio import load_audio
-from mertkit.checkpoint import save_pretrained
-from mertkit.cli import main
-from mertkit.extract import ExtractError, Extractor, ExtractOptions
-from mertkit.model import MertModel
-from mertkit.runner import StoreOptions, load_features, run_extract
-from mertkit.store import FeatureStore, hash_file
+from mertkit.models.checkpoint import save_pretrained
+from mertkit.cli.app import main
+from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions
+from mertkit.models.hubert.model import MertModel
+from mertkit.extraction.runner import StoreOptions, load_features, run_extract
+from mertkit.store.parquet import FeatureStore, hash_file
 from model_fixtures import tiny_config
 
 pytest.importorskip("pyarrow")
@@ -60,7 +60,7 @@ def test_store_rows_equal_the_per_file_output(model, audio, tmp_path):
     report = run_extract(model, [audio], tmp_path / "out", OPTIONS, progress=False, store=store)
     assert sorted(report.done) == [str(audio / "a.wav"), str(audio / "b.flac")]
     assert [p for p, _ in report.failed] == [str(audio / "short.wav")]
-    opened = mertkit.store.open(tmp_path / "store")
+    opened = mertkit.store.parquet.open(tmp_path / "store")
     assert sorted(opened.keys()) == sorted((str(audio / n), hash_file(audio / n)) for n in ("a.wav", "b.flac"))
     for layer_position, layer in enumerate(OPTIONS.layers):
         vectors, paths = opened.load(layer=layer, split="train")
@@ -135,7 +135,7 @@ def _cli_process(ckpt: Path, audio: Path, store: Path) -> subprocess.Popen:
     env["OMP_NUM_THREADS"] = "1"
     args = ["extract", str(audio), "--model", str(ckpt), "--store", str(store), "--pool", "mean", "--window", "0.1",
             "--store-dtype", "float32", "--shard-rows", "11", "--batch-size", "4", "--quiet"]
-    return subprocess.Popen([sys.executable, "-m", "mertkit.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "mertkit.cli.app", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -195,13 +195,13 @@ def test_engine_ray_dispatches_to_the_ray_engine(ckpt, audio, tmp_path, monkeypa
     calls = []
 
     def fake_run(model_name, inputs, store_dir, options, *, address, num_actors, device, revision, split, store_dtype):
-        from mertkit.runner import RunReport
+        from mertkit.extraction.runner import RunReport
 
         calls.append((model_name, inputs, store_dir, options, address, num_actors, device, revision, split, store_dtype))
         return RunReport(done=list(inputs))
 
     monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
-    monkeypatch.setitem(sys.modules, "mertkit.ray_engine", types.SimpleNamespace(run_ray_extract=fake_run))
+    monkeypatch.setitem(sys.modules, "mertkit.extraction.ray_engine", types.SimpleNamespace(run_ray_extract=fake_run))
     result = CliRunner().invoke(main, ["extract", str(audio), "--model", str(ckpt), "--store", str(tmp_path / "s"),
                                        "--pool", "max", "--engine", "ray", "--address", "auto", "--actors", "3",
                                        "--split", "train", "--store-dtype", "float32"])

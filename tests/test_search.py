@@ -1,4 +1,4 @@
-"""Tests for mertkit.search and the `mert search` command."""
+"""Tests for mertkit.store.search and the `mert search` command."""
 from __future__ import annotations
 
 import sys
@@ -12,10 +12,10 @@ pytest.importorskip("pyarrow")
 from click.testing import CliRunner
 
 import mertkit
-from mertkit import search as search_module
-from mertkit.commands.search import search as search_command
-from mertkit.search import SearchError, SearchIndex, search
-from mertkit.store import FeatureStore, FeatureStoreWriter
+import mertkit.store.search as search_module
+from mertkit.cli.search import search as search_command
+from mertkit.store.search import SearchError, SearchIndex, search
+from mertkit.store.parquet import FeatureStore, FeatureStoreWriter
 
 WIDTH = 6
 LAYERS = (1, 3)
@@ -189,7 +189,7 @@ def test_cli_embeds_query_audio_with_the_store_model(
         return vectors_of(4)
 
     monkeypatch.setattr(mertkit, "load", fake_load, raising=False)
-    monkeypatch.setitem(sys.modules, "mertkit.extract",
+    monkeypatch.setitem(sys.modules, "mertkit.extraction.engine",
                         types.SimpleNamespace(embed_file=fake_embed_file))
     result = CliRunner().invoke(
         search_command, ["--store", str(store_dir), str(audio), "--layer", "1", "-k", "2"]

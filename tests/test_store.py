@@ -1,4 +1,4 @@
-"""Tests for mertkit.store: round trips, resume, settings checks and crash safety."""
+"""Tests for mertkit.store.parquet: round trips, resume, settings checks and crash safety."""
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +19,7 @@ pytest.importorskip("pyarrow")
 
 import mertkit
 from mertkit import store as store_module
-from mertkit.store import (
+from mertkit.store.parquet import (
     FeatureStore,
     FeatureStoreWriter,
     StoreCorruptError,
@@ -272,7 +272,7 @@ CRASH_WORKER = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, sys.argv[3])
     import test_store as helpers
-    from mertkit.store import FeatureStoreWriter
+    from mertkit.store.parquet import FeatureStoreWriter
 
     root, pause_at = sys.argv[1], sys.argv[2]
     real_replace = os.replace
@@ -304,7 +304,7 @@ CRASH_WORKER = textwrap.dedent(
 
 def start_worker(root: Path, pause_at: str) -> subprocess.Popen:
     env = dict(os.environ)
-    src = str(Path(store_module.__file__).resolve().parents[1])
+    src = str(Path(store_module.__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     return subprocess.Popen(
         [sys.executable, "-c", CRASH_WORKER, str(root), pause_at, str(Path(__file__).parent)],

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mertkit.audio import load_audio
-from mertkit.teachers.encodec import EncodecConfig, EncodecEncoder, load_encodec
+from mertkit.pretrain.teachers.encodec import EncodecConfig, EncodecEncoder, load_encodec
 
 
 def latent_frames(model: EncodecEncoder, files: list[Path]) -> torch.Tensor:

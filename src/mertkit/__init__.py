@@ -11,12 +11,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "MertConfig": "mertkit.config",
-    "MertModel": "mertkit.model",
-    "MertOutput": "mertkit.model",
-    "load": "mertkit.checkpoint",
+    "MertConfig": "mertkit.models.hubert.config",
+    "MertModel": "mertkit.models.hubert.model",
+    "MertOutput": "mertkit.models.hubert.model",
+    "load": "mertkit.models.checkpoint",
     "load_audio": "mertkit.audio",
-    "PRETRAINED": "mertkit.registry",
+    "PRETRAINED": "mertkit.models.registry",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -18,7 +18,7 @@ Timestamp embeddings are the model's frames (75 Hz for MERT-v1, 50 Hz for v0 and
 computed in windows of the model's pre-training context (5 s; 30 s for music2vec) stitched at
 mid-overlap, each stamped with the centre of the samples it sees, in milliseconds: frame j of
 a window starting at sample s is at 1000 * (s + hop * j + receptive_field / 2) / sample_rate
-(see `mertkit.extract`). Scene embeddings are the time-mean of the timestamp embeddings.
+(see `mertkit.extraction.engine`). Scene embeddings are the time-mean of the timestamp embeddings.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mertkit.extract import ExtractError, Extractor, ExtractOptions
-from mertkit.model import MertModel
+from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions
+from mertkit.models.hubert.model import MertModel
 
 __all__ = ["HearError", "HearModel", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
 
@@ -72,12 +72,12 @@ def load_model(model_file_path: str = "", **kwargs) -> HearModel:
     """Load a MERT-family model for HEAR.
 
     model_file_path: a checkpoint directory, a registry name ("MERT-v1-95M") or hub id, or ""
-    for the offline demo model (`mertkit.demo.demo_model_dir()`).
+    for the offline demo model (`mertkit.cli.demo_assets.demo_model_dir()`).
     kwargs: layer ("mean" or a hidden-state index), window / hop (seconds; default the model's
     pre-training context, no overlap), device (default cuda when available), dtype (autocast:
     float32, bfloat16, float16), batch_size.
     """
-    from mertkit.checkpoint import load
+    from mertkit.models.checkpoint import load
 
     unknown = sorted(set(kwargs) - set(_LOAD_OPTIONS))
     if unknown:
@@ -85,7 +85,7 @@ def load_model(model_file_path: str = "", **kwargs) -> HearModel:
     device = kwargs.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
     path = model_file_path
     if not path:
-        from mertkit.demo import demo_model_dir
+        from mertkit.cli.demo_assets import demo_model_dir
 
         path = str(demo_model_dir()[0])
     return HearModel(load(path, device=device), **kwargs)

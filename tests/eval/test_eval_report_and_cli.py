@@ -6,7 +6,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from mertkit.commands.probe import probe
+from mertkit.cli.probe import probe
 from mertkit.eval.datasets import TaskSpec
 from mertkit.eval.features import from_arrays
 from mertkit.eval.probes import ProbeConfig, run_probe

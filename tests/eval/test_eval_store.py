@@ -12,7 +12,7 @@ pytest.importorskip("pyarrow")
 from mertkit.eval import features  # noqa: E402
 from mertkit.eval.datasets import Record, TaskSpec  # noqa: E402
 from mertkit.eval.features import FeatureError  # noqa: E402
-from mertkit.store import FeatureStoreWriter  # noqa: E402
+from mertkit.store.parquet import FeatureStoreWriter  # noqa: E402
 
 GENRE = TaskSpec("genre", "multiclass", 2, labels=("rock", "pop"))
 TEMPO = TaskSpec("tempo", "regression", 1, labels=("bpm",))

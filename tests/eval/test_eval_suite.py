@@ -20,14 +20,14 @@ soundfile = pytest.importorskip("soundfile")
 from model_fixtures import tiny_config  # noqa: E402
 
 from mertkit.audio import load_audio  # noqa: E402
-from mertkit.checkpoint import load, save_pretrained  # noqa: E402
-from mertkit.commands.evaluate import evaluate  # noqa: E402
+from mertkit.models.checkpoint import load, save_pretrained  # noqa: E402
+from mertkit.cli.evaluate import evaluate  # noqa: E402
 from mertkit.eval import suite_runner  # noqa: E402
 from mertkit.eval.baselines import chroma_stats, load_segment, mfcc_stats  # noqa: E402
 from mertkit.eval.datasets import Record, TaskSpec  # noqa: E402
 from mertkit.eval.features import from_safetensors_dir, read_feature_file  # noqa: E402
 from mertkit.eval.suite_runner import SuiteRunError, SuiteTask, run_suite  # noqa: E402
-from mertkit.model import MertModel  # noqa: E402
+from mertkit.models.hubert.model import MertModel  # noqa: E402
 
 torch.set_num_threads(2)
 CLIPS = 10  # the smallest count whose valid and test splits hold 2 clips (R² needs 2)
@@ -205,10 +205,10 @@ def test_beat_probe_settings_cap_the_schedule():
 
 def test_cli_default_model_says_random_and_prints_the_table(run, tmp_path, monkeypatch):
     root, model_dir, _ = run
-    import mertkit.demo
+    import mertkit.cli.demo_assets
 
     # Stand the tiny checkpoint in for the demo model (same contract: a directory and is_random).
-    monkeypatch.setattr(mertkit.demo, "demo_model_dir", lambda: (model_dir, True))
+    monkeypatch.setattr(mertkit.cli.demo_assets, "demo_model_dir", lambda: (model_dir, True))
     args = ["--suite", "synth", "--suite-dir", str(root / "suite"), "--out", str(tmp_path / "out"),
             "--tasks", "pitch,tempo", "--seeds", "0", "--lrs", "1e-2", "--epochs", "2", "--clips", str(CLIPS), "--quiet"]
     result = CliRunner().invoke(evaluate, args)

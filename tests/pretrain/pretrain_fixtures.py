@@ -5,7 +5,7 @@ loudness from 4 levels). Labels come from a deterministic function of the *audio
 note list): per 320-sample frame, the FFT peak of a window starting at the frame snapped to
 the nearest pitch of the set (codebook 0) and the quantised frame energy (codebook 1). So the
 labels are learnable from the waveform, and a crop's labels can be recomputed from the crop.
-They are written with `mertkit.labels.write_labels` through a teacher object, exactly the
+They are written with `mertkit.pretrain.labels.write_labels` through a teacher object, exactly the
 layout real EnCodec labels have.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ TINY_MODEL = {
 
 
 def tiny_config(**changes):
-    from mertkit.pretrain.config import PretrainConfig
+    from mertkit.pretrain.pretrain_config import PretrainConfig
 
     values = dict(
         model=dict(TINY_MODEL),
@@ -96,7 +96,7 @@ def frame_labels(wav: np.ndarray) -> np.ndarray:
 
 
 class FrameTeacher:
-    """A `mertkit.labels.LabelTeacher` whose codes are `frame_labels`."""
+    """A `mertkit.pretrain.labels.LabelTeacher` whose codes are `frame_labels`."""
 
     name = "test-frame-teacher"
     bandwidth = 0.0
@@ -110,7 +110,7 @@ class FrameTeacher:
 
 
 def write_labelled_corpus(root: Path, n_files: int, seconds=(1.2, 2.0), seed: int = 0) -> tuple[Path, Path]:
-    from mertkit.labels import write_labels
+    from mertkit.pretrain.labels import write_labels
 
     audio, labels = root / "audio", root / "labels"
     write_corpus(audio, n_files, seconds, seed)

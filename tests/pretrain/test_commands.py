@@ -7,8 +7,8 @@ import torch
 from click.testing import CliRunner
 
 import mertkit
-from mertkit.commands.export import export
-from mertkit.commands.pretrain import pretrain
+from mertkit.cli.export import export
+from mertkit.cli.pretrain import pretrain
 from pretrain_fixtures import tiny_config, write_labelled_corpus
 
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from mertkit.model import MertModel
-from mertkit.pretrain.config import PretrainConfig, PretrainConfigError, load_config
+from mertkit.models.hubert.model import MertModel
+from mertkit.pretrain.pretrain_config import PretrainConfig, PretrainConfigError, load_config
 
 
 def _params(cfg: PretrainConfig) -> int:

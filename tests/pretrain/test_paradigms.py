@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from mertkit.labels import LabelReader
+from mertkit.pretrain.labels import LabelReader
 from mertkit.pretrain.data2vec import Data2VecPretrainModel, ema_decay_at
 from mertkit.pretrain.kmeans import KMeansLabeller, fit_kmeans, mel_filterbank, write_kmeans_labels
 from mertkit.pretrain.trainer import train

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mertkit.pretrain.model import Counts, MertPretrainModel, PretrainInputError
+from mertkit.pretrain.mlm_model import Counts, MertPretrainModel, PretrainInputError
 from pretrain_fixtures import tiny_config
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mertkit
-from mertkit.labels import LabelReader
+from mertkit.pretrain.labels import LabelReader
 from mertkit.pretrain.export import backbone_from_checkpoint, export_checkpoint
 from mertkit.pretrain.trainer import PretrainError, lr_at, read_checkpoint, train
 from pretrain_fixtures import tiny_config, write_labelled_corpus
@@ -77,7 +77,7 @@ def test_gradient_accumulation_equals_one_big_batch(corpus, tmp_path):
     # and the update really moved the weights
     init = tiny_config(batch_size=4, **common)
     torch.manual_seed(init.seed)
-    from mertkit.pretrain.model import MertPretrainModel
+    from mertkit.pretrain.mlm_model import MertPretrainModel
 
     fresh = MertPretrainModel(init).state_dict()
     moved = max(float((fresh[k] - v).abs().max()) for k, v in _state(tmp_path / "big").items())
@@ -160,7 +160,7 @@ def test_export_round_trip_is_exact(corpus, tmp_path):
         a, b = trained(wave, lengths), loaded(wave, lengths)
     assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states))
     # the legacy .bin alone reads back to the same tensors, weight_g / weight_v included
-    from mertkit.checkpoint import read_weight_file
+    from mertkit.models.checkpoint import read_weight_file
 
     legacy = read_weight_file(exported / "pytorch_model.bin")
     assert "encoder.pos_conv_embed.conv.weight_g" in legacy
@@ -213,9 +213,9 @@ def test_loader_workers_give_the_same_run_and_old_runs_are_not_overwritten(corpu
 
 
 def test_init_from_loads_a_released_checkpoint_strictly(tmp_path):
-    from mertkit.checkpoint import CheckpointError, save_pretrained
-    from mertkit.model import MertModel
-    from mertkit.pretrain.model import MertPretrainModel
+    from mertkit.models.checkpoint import CheckpointError, save_pretrained
+    from mertkit.models.hubert.model import MertModel
+    from mertkit.pretrain.mlm_model import MertPretrainModel
     from mertkit.pretrain.trainer import load_released_backbone
 
     cfg = tiny_config()

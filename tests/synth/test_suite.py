@@ -15,7 +15,7 @@ pytest.importorskip("tinysoundfont")
 soundfile = pytest.importorskip("soundfile")
 
 from mertkit.synth.suite import TASKS, SuiteError, build_suite, build_task, split_counts  # noqa: E402
-from mertkit.teachers.cqt import CQT, CQTConfig  # noqa: E402
+from mertkit.pretrain.teachers.cqt import CQT, CQTConfig  # noqa: E402
 
 torch.set_num_threads(2)
 CLIPS = 8
@@ -164,7 +164,7 @@ def test_bad_requests_raise_clear_errors(tmp_path: Path) -> None:
 def test_cli_builds_a_suite(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from mertkit.commands.bench_suite import bench_suite
+    from mertkit.cli.bench_suite import bench_suite
 
     result = CliRunner().invoke(bench_suite, ["synth", str(tmp_path / "out"), "--clips", "3", "--task", "tempo", "--seed", "4"])
     assert result.exit_code == 0, result.output

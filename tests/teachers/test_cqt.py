@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mertkit.teachers.cqt import CQT, CQTConfig, CQTConfigError, CQTInputError, cqt_frames, crop_to
+from mertkit.pretrain.teachers.cqt import CQT, CQTConfig, CQTConfigError, CQTInputError, cqt_frames, crop_to
 
 torch.set_num_threads(2)
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mertkit.teachers.encodec import (
+from mertkit.pretrain.teachers.encodec import (
     EncodecCheckpointError,
     EncodecConfig,
     EncodecEncoder,

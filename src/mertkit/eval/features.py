@@ -8,7 +8,7 @@ Three sources:
    layers, pooling, source). Rows are matched to files by the manifest's relative ``path``.
    Clip tasks time-average unpooled features (after cutting ``start``/``end`` when given);
    beat tasks keep frames and turn beat times into per-frame 0/1 targets.
-2. :func:`from_store`: the Parquet feature store (``mertkit.store``): its track-level rows
+2. :func:`from_store`: the Parquet feature store (``mertkit.store.parquet``): its track-level rows
    (pooled over the whole file, every stored layer), matched to records by ``path``.
 3. :func:`from_arrays`: in-memory arrays.
 
@@ -140,7 +140,7 @@ def from_store(store_path: str | Path, records: Sequence[Record], task: TaskSpec
 
 
 def _open_store(store_path: str | Path) -> Any:
-    """``mertkit.store.open`` with its errors turned into FeatureError (ImportError passes on:
+    """``mertkit.store.parquet.open`` with its errors turned into FeatureError (ImportError passes on:
     its message already says which extra to install)."""
     from mertkit import store as store_module
 
@@ -152,7 +152,7 @@ def _open_store(store_path: str | Path) -> Any:
 
 def _track_vectors_by_path(store: Any, store_path: str | Path) -> dict[str, np.ndarray]:
     """{path: float32 [layers, width]} of the store's track-level rows."""
-    from mertkit.store import StoreError
+    from mertkit.store.parquet import StoreError
 
     try:
         paths = store.paths(level="track")

@@ -243,7 +243,7 @@ def _probe_settings(
 
 
 def _extract_options(window: float | None, batch_size: int, dtype: str) -> Any:
-    from mertkit.extract import ExtractError, ExtractOptions
+    from mertkit.extraction.engine import ExtractError, ExtractOptions
 
     try:
         return ExtractOptions(layers=None, pool="mean", window=window, batch_size=batch_size, dtype=dtype)
@@ -383,8 +383,8 @@ def _tempo_labels(manifest: Path) -> dict[str, float]:
 
 def load_model(model_name_or_dir: str | Path | None, device: str = "cpu") -> tuple[Any, ModelInfo]:
     """The model in eval mode and what the report says about it."""
-    from mertkit import checkpoint
-    from mertkit.demo import demo_model_dir
+    from mertkit.models import checkpoint
+    from mertkit.cli.demo_assets import demo_model_dir
 
     demo_dir, demo_random = demo_model_dir() if model_name_or_dir is None else (None, False)
     target = demo_dir if demo_dir is not None else model_name_or_dir
@@ -421,8 +421,8 @@ def extract_model_features(
 ) -> dict[str, Path]:
     """{probe task: feature folder}, extracting with ``options`` (an ExtractOptions; its pooling
     is set per folder) what the cache lacks. See the module docstring for the layout."""
-    from mertkit.extract import ExtractError
-    from mertkit.runner import run_extract
+    from mertkit.extraction.engine import ExtractError
+    from mertkit.extraction.runner import run_extract
 
     # A clip task whose folder also feeds a frame-level task reads the unpooled cache (time-mean
     # of the frames = the mean-pooled vector with window 0), so that audio is run once.

@@ -1,6 +1,6 @@
 """Pre-training data: random crops of an audio folder with frame-aligned teacher labels.
 
-* Files: every labelled file of the label directory (`mertkit.labels` layout) that exists
+* Files: every labelled file of the label directory (`mertkit.pretrain.labels` layout) that exists
   in the audio folder and is at least `min_crop_seconds` long (shorter ones are skipped and
   counted in `skipped`). Without a label directory (data2vec), every audio file.
 * Order: epoch `e` visits the files in a permutation drawn from (seed, e). A global batch
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mertkit.pretrain.config import PretrainConfig
+from mertkit.pretrain.pretrain_config import PretrainConfig
 
 
 class PretrainDataError(ValueError):
@@ -73,7 +73,7 @@ class PretrainDataset:
 
     # ---- setup ----------------------------------------------------------------------------
     def _open_labels(self, label_dir: Path):
-        from mertkit.labels import LabelReader
+        from mertkit.pretrain.labels import LabelReader
 
         reader = LabelReader(label_dir)
         settings = reader.settings
@@ -89,7 +89,7 @@ class PretrainDataset:
         if self.labels is not None:
             candidates = [(rel, self.labels.num_samples(rel)) for rel in self.labels]
         else:
-            from mertkit.labels import find_audio_files
+            from mertkit.pretrain.labels import find_audio_files
 
             candidates = [(rel, self._audio_length(rel)) for rel in find_audio_files(self.audio_dir)]
         files, lengths = [], []

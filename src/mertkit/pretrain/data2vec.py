@@ -24,10 +24,10 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from mertkit.model import MertModel
-from mertkit.pretrain.config import PretrainConfig
+from mertkit.models.hubert.model import MertModel
+from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.mixture import mix_batch
-from mertkit.pretrain.model import Backbone, Counts, LossSums, PretrainInputError, mixture_settings
+from mertkit.pretrain.mlm_model import Backbone, Counts, LossSums, PretrainInputError, mixture_settings
 
 
 def masked_instance_norm(x: Tensor, valid: Tensor, eps: float = 1e-5) -> Tensor:

@@ -2,7 +2,7 @@
 
 Only the backbone is exported (the `backbone.*` tensors of the training model; the heads, the
 label embeddings and a data2vec EMA teacher stay behind), through
-`mertkit.checkpoint.save_pretrained`: `config.json` with official field names,
+`mertkit.models.checkpoint.save_pretrained`: `config.json` with official field names,
 `preprocessor_config.json`, `pytorch_model.bin` (legacy `weight_g`/`weight_v` names) and
 `model.safetensors`. Weights are written as float32 exactly as trained, so the exported model
 gives bit-identical hidden states.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mertkit.model import MertModel
-from mertkit.pretrain.config import PretrainConfig
+from mertkit.models.hubert.model import MertModel
+from mertkit.pretrain.pretrain_config import PretrainConfig
 
 BACKBONE_PREFIX = "backbone."
 
@@ -24,7 +24,7 @@ class ExportError(ValueError):
 
 def backbone_from_checkpoint(checkpoint_path: str | os.PathLike) -> MertModel:
     """The inference model held by a training checkpoint (eval mode, float32, CPU)."""
-    from mertkit.checkpoint import load_state_dict_strict
+    from mertkit.models.checkpoint import load_state_dict_strict
     from mertkit.pretrain.trainer import read_checkpoint
 
     checkpoint_path = resolve_checkpoint(checkpoint_path)
@@ -59,6 +59,6 @@ def export_checkpoint(
 ) -> Path:
     """Write the official layout; `do_normalize` False because MERT-v1 trains on raw waveforms."""
     model = backbone_from_checkpoint(checkpoint_path)
-    from mertkit.checkpoint import save_pretrained
+    from mertkit.models.checkpoint import save_pretrained
 
     return save_pretrained(model, out_dir, formats=formats, do_normalize=do_normalize)

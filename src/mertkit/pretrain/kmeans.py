@@ -5,7 +5,7 @@
     # then pre-train with n_codebooks=1, codebook_size=100
 
 Features per label frame (frame i covers samples [hop*i, hop*(i+1)), ceil(N / hop) frames,
-the rule `mertkit.labels` uses) from a Hann-windowed FFT of `n_fft` samples starting at the
+the rule `mertkit.pretrain.labels` uses) from a Hann-windowed FFT of `n_fft` samples starting at the
 frame:
 
 * "mfcc":          20 MFCCs (DCT-II of the log of a 64-band HTK mel spectrum, floored 80 dB
@@ -103,7 +103,7 @@ def frame_features(wav: np.ndarray, sample_rate: int, hop: int, kind: str = "mfc
 # ---------------------------------------------------------------------------------------
 @dataclass
 class KMeansLabeller:
-    """Fitted centroids + feature settings; also a `mertkit.labels.LabelTeacher`."""
+    """Fitted centroids + feature settings; also a `mertkit.pretrain.labels.LabelTeacher`."""
 
     centroids: np.ndarray  # [k, dims] in standardised feature space
     mean: np.ndarray
@@ -152,7 +152,7 @@ def fit_kmeans(
 ) -> KMeansLabeller:
     """Fit MiniBatchKMeans on frames sampled evenly from every audio file under `audio_dir`."""
     from mertkit.audio import load_audio
-    from mertkit.labels import find_audio_files
+    from mertkit.pretrain.labels import find_audio_files
 
     MiniBatchKMeans = _sklearn_kmeans()
     files = find_audio_files(Path(audio_dir))
@@ -174,8 +174,8 @@ def fit_kmeans(
 
 
 def write_kmeans_labels(audio_dir: str | os.PathLike, label_dir: str | os.PathLike, labeller: KMeansLabeller):
-    """Label every audio file with its cluster ids (layout of `mertkit.labels`, one codebook)."""
-    from mertkit.labels import write_labels
+    """Label every audio file with its cluster ids (layout of `mertkit.pretrain.labels`, one codebook)."""
+    from mertkit.pretrain.labels import write_labels
 
     return write_labels(audio_dir, label_dir, labeller, sample_rate=labeller.sample_rate,
                         frame_rate=labeller.sample_rate // labeller.hop_length)

@@ -35,10 +35,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mertkit.pretrain.config import PretrainConfig
+from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.data import Batch, PretrainDataset, clip_seed, iterate_batches
 from mertkit.pretrain.masking import span_mask
-from mertkit.pretrain.model import Counts, LossSums, MertPretrainModel
+from mertkit.pretrain.mlm_model import Counts, LossSums, MertPretrainModel
 
 CHECKPOINT_FORMAT = "mertkit-pretrain-1"
 LAST_CHECKPOINT = "checkpoint_last.pt"
@@ -273,7 +273,7 @@ def seed_everything(seed: int) -> None:
 
 def load_released_backbone(model: MertPretrainModel, name_or_path: str) -> None:
     """Continued pre-training: copy a released checkpoint's weights strictly into the backbone."""
-    from mertkit.checkpoint import load, load_state_dict_strict
+    from mertkit.models.checkpoint import load, load_state_dict_strict
 
     released = load(name_or_path)
     ours, theirs = model.backbone.config, released.config
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--resume"]
     if len(args) != 4:
         raise SystemExit("usage: python -m mertkit.pretrain.trainer CONFIG.json AUDIO_DIR LABEL_DIR|- OUT_DIR [--resume]")
-    from mertkit.pretrain.config import load_config
+    from mertkit.pretrain.pretrain_config import load_config
 
     config, audio, labels, out = args
     train(load_config(config), audio, None if labels == "-" else labels, out, resume=resume)

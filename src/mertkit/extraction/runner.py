@@ -20,7 +20,7 @@ with the model) and never held whole. Frame-level output is written as windows f
 the end); pooled output keeps only running sums and the per-window vectors.
 
 Feature store: with `store=STORE_DIR` (pooled output only) every track adds one "track" row
-and one row per window to a Parquet store (`mertkit.store`), keyed by (path as discovered,
+and one row per window to a Parquet store (`mertkit.store.parquet`), keyed by (path as discovered,
 content hash). Tracks already in the store are skipped; shards are committed atomically, so a
 run killed at any moment (even with SIGKILL) is finished by running it again, with no track
 lost, duplicated or half written.
@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mertkit.extract import ExtractError, Extractor, ExtractOptions, Features, JobFailure, WindowOutput
-from mertkit.model import MertModel
-from mertkit.pipeline import DEFAULT_BLOCK_SECONDS, decode_files
+from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions, Features, JobFailure, WindowOutput
+from mertkit.models.hubert.model import MertModel
+from mertkit.extraction.decode import DEFAULT_BLOCK_SECONDS, decode_files
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".wma", ".aiff", ".aif", ".webm", ".mka"}
 OUTPUT_SUFFIX = ".safetensors"
@@ -124,7 +124,7 @@ _REQUEST_KEYS = ("model", "sample_rate", "layers", "window", "hop", "pooling", "
 
 def store_meta(model: MertModel, extractor: Extractor, dtype: str):
     """The StoreMeta every row written by this extractor obeys."""
-    from mertkit.store import StoreMeta
+    from mertkit.store.parquet import StoreMeta
 
     info = getattr(model, "info", None)
     config = model.config
@@ -162,7 +162,7 @@ def run_extract(
     if store is None:
         run.execute(discover_inputs(inputs), progress, workers, block_seconds)
         return run.report
-    from mertkit.store import FeatureStoreWriter
+    from mertkit.store.parquet import FeatureStoreWriter
 
     with FeatureStoreWriter(store.root, store_meta(model, extractor, store.dtype),
                             rows_per_shard=store.rows_per_shard) as writer:
@@ -208,7 +208,7 @@ class _Run:
         return todo
 
     def _hash_all(self, files: list[InputFile]) -> None:
-        from mertkit.store import hash_file
+        from mertkit.store.parquet import hash_file
 
         def digest(f: InputFile) -> tuple[InputFile, str | OSError]:
             try:

@@ -2,7 +2,7 @@
 
     mert labels --teacher encodec --weights PATH IN_DIR OUT_DIR [--device cpu] [--bandwidth 6]
 
-Writes `OUT_DIR/codes/<audio>.npy` and `OUT_DIR/manifest.jsonl` (see `mertkit.labels`),
+Writes `OUT_DIR/codes/<audio>.npy` and `OUT_DIR/manifest.jsonl` (see `mertkit.pretrain.labels`),
 validates the result, prints a summary and exits with status 1 when any file failed.
 Re-running the same command resumes: finished files are skipped.
 """
@@ -18,7 +18,7 @@ MAX_FAILURES_SHOWN = 20
 
 
 def _load_teacher(weights: Path, device: str, bandwidth: float):
-    from mertkit.teachers.encodec import EncodecError, EncodecTeacher, load_encodec
+    from mertkit.pretrain.teachers.encodec import EncodecError, EncodecTeacher, load_encodec
 
     try:
         return EncodecTeacher(load_encodec(weights, device=device), bandwidth=bandwidth)
@@ -52,7 +52,7 @@ def _print_failures(failed: list[tuple[str, str]]) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 def labels(teacher: str, weights: Path, device: str, bandwidth: float, in_dir: Path, out_dir: Path) -> None:
     """Write frame-aligned teacher labels for every audio file in IN_DIR to OUT_DIR."""
-    from mertkit.labels import LabelsError, validate_labels, write_labels
+    from mertkit.pretrain.labels import LabelsError, validate_labels, write_labels
 
     labeller = _load_teacher(weights, device, bandwidth)
     try:

@@ -38,9 +38,9 @@ def build_random_checkpoint(target: Path, seed: int = 0) -> Path:
     """A small MERT-v1-layout model (24 kHz, post-LN) with random weights, official layout."""
     import torch
 
-    from mertkit.checkpoint import save_pretrained
-    from mertkit.config import MertConfig
-    from mertkit.model import MertModel
+    from mertkit.models.checkpoint import save_pretrained
+    from mertkit.models.hubert.config import MertConfig
+    from mertkit.models.hubert.model import MertModel
 
     torch.manual_seed(seed)
     config = MertConfig(

@@ -41,10 +41,10 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
             batch_size, workers, device, dtype, use_compile, engine, address, actors, revision, quiet) -> None:
     """Extract hidden states from audio files or folders (recursed) into DIR/<file>.safetensors
     and/or pooled vectors into a Parquet feature store."""
-    from mertkit.checkpoint import CheckpointError
-    from mertkit.config import ConfigError
-    from mertkit.extract import ExtractError, ExtractOptions, parse_layers
-    from mertkit.store import StoreError
+    from mertkit.models.checkpoint import CheckpointError
+    from mertkit.models.hubert.config import ConfigError
+    from mertkit.extraction.engine import ExtractError, ExtractOptions, parse_layers
+    from mertkit.store.parquet import StoreError
 
     if out_dir is None and store_dir is None:
         raise click.UsageError("give --out DIR, --store DIR, or both")
@@ -71,14 +71,14 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
 
 def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows, workers, device,
                use_compile, revision, quiet):
-    from mertkit.checkpoint import load
-    from mertkit.runner import StoreOptions, run_extract
+    from mertkit.models.checkpoint import load
+    from mertkit.extraction.runner import StoreOptions, run_extract
 
     store = None
     if store_dir is not None:
         _require_pyarrow()
         store = StoreOptions(store_dir, dtype=store_dtype, split=split, rows_per_shard=shard_rows)
-    from mertkit.extract import DTYPES
+    from mertkit.extraction.engine import DTYPES
 
     # Half precision runs the weights natively (the fused CPU kernels need no autocast).
     model = load(model_name, revision, device=_device(device), dtype=DTYPES[options.dtype])
@@ -93,7 +93,7 @@ def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, d
         raise click.UsageError("--engine ray writes only the feature store; drop --out")
     try:
         import ray  # noqa: F401 - only checks that the extra is installed
-        from mertkit.ray_engine import run_ray_extract
+        from mertkit.extraction.ray_engine import run_ray_extract
     except ImportError as err:
         raise click.ClickException(f"--engine ray needs ray: pip install 'mertkit[ray]' ({err})") from err
     return run_ray_extract(model_name, list(inputs), store_dir, options, address=address, num_actors=actors,

@@ -22,7 +22,7 @@ __all__ = ["export"]
               help="do_normalize in preprocessor_config.json (MERT-v1 trains on raw audio: off).")
 def export(checkpoint: Path, out_dir: Path, formats: tuple[str, ...], do_normalize: bool) -> None:
     """Export CHECKPOINT (a .pt file or a run folder) to OUT_DIR."""
-    from mertkit.checkpoint import CheckpointError
+    from mertkit.models.checkpoint import CheckpointError
     from mertkit.pretrain.export import ExportError, export_checkpoint
     from mertkit.pretrain.trainer import PretrainError
 

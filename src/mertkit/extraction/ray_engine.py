@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from mertkit.extract import Extractor, ExtractOptions, JobFailure
-from mertkit.runner import InputFile, RunReport, discover_inputs, store_meta
+from mertkit.extraction.engine import Extractor, ExtractOptions, JobFailure
+from mertkit.extraction.runner import InputFile, RunReport, discover_inputs, store_meta
 
 __all__ = ["RayEngineError", "run_ray_extract"]
 
@@ -77,8 +77,8 @@ def run_ray_extract(
     already in the store are skipped; a file that cannot be decoded or is too short is
     reported in `RunReport.failed` and the others still finish.
     """
-    from mertkit.checkpoint import load
-    from mertkit.store import FeatureStoreWriter
+    from mertkit.models.checkpoint import load
+    from mertkit.store.parquet import FeatureStoreWriter
 
     _check_request(options, device, num_actors, threads_per_actor, files_per_batch)
     # The driver loads the model once, on the CPU, only to fix the store's settings exactly as
@@ -160,7 +160,7 @@ def _pending_files(files: list[InputFile], writer: Any, report: RunReport) -> li
 
 
 def _content_hash(path: Path) -> str:
-    from mertkit.store import hash_file
+    from mertkit.store.parquet import hash_file
 
     return hash_file(path)
 
@@ -224,7 +224,7 @@ class _ModelActor:
     def __init__(self, job: _Job):
         import torch
 
-        from mertkit.checkpoint import load
+        from mertkit.models.checkpoint import load
 
         if job.threads:
             torch.set_num_threads(job.threads)
@@ -255,7 +255,7 @@ class _ModelActor:
 
 def _decode_events(rows: list[dict[str, Any]]) -> Iterator[Any]:
     """Decoded rows as the Extractor's decode events; job i is rows[i]."""
-    from mertkit.pipeline import BLOCK, END, FAILED, DecodeEvent
+    from mertkit.extraction.decode import BLOCK, END, FAILED, DecodeEvent
 
     for job, row in enumerate(rows):
         if row["error"]:

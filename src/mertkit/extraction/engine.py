@@ -41,9 +41,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from mertkit.allocator import keep_freed_memory
-from mertkit.model import MertModel
-from mertkit.pipeline import BLOCK, END, FAILED, DecodeEvent
+from mertkit.extraction.allocator import keep_freed_memory
+from mertkit.models.hubert.model import MertModel
+from mertkit.extraction.decode import BLOCK, END, FAILED, DecodeEvent
 
 POOLINGS = ("none", "mean", "max")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -401,7 +401,7 @@ class Extractor:
                                "fused oneDNN kernels, which torch.compile cannot compile")
         self._forward = torch.compile(model, dynamic=True) if compile else model
         if self.device().type == "cpu":
-            keep_freed_memory()  # see mertkit.allocator: saves re-faulting activations each forward
+            keep_freed_memory()  # see mertkit.extraction.allocator: saves re-faulting activations each forward
         # Leftover windows allowed to wait for a same-length partner before running padded.
         self.max_pending = 2 * options.batch_size
 
@@ -598,7 +598,7 @@ def _autocast(device: torch.device, dtype: str, weights: torch.dtype):
 def _default_window(model: MertModel) -> float:
     info = getattr(model, "info", None)
     if info is not None:
-        from mertkit.registry import lookup
+        from mertkit.models.registry import lookup
 
         card = lookup(info.name)
         if card is not None:

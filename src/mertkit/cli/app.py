@@ -1,4 +1,4 @@
-"""The `mert` command. Sub-commands live in `mertkit.commands.*` and are imported only when
+"""The `mert` command. Sub-commands live in `mertkit.cli.*` and are imported only when
 run, so `mert --help` and a light command never pay for torch or the optional extras."""
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from mertkit import __version__
 
 # name -> "module:attribute" of a click command
 COMMANDS = {
-    "extract": ("mertkit.commands.extract:extract", "Extract hidden states from audio files into safetensors."),
-    "demo": ("mertkit.commands.demo:demo", "Run extraction on the shipped example audio (works offline)."),
-    "labels": ("mertkit.commands.labels:labels", "Compute pre-training labels (EnCodec codes) for a corpus."),
-    "pretrain": ("mertkit.commands.pretrain:pretrain", "Pre-train a MERT model (the MERT-v1 recipe)."),
-    "export": ("mertkit.commands.export:export", "Export a pre-training checkpoint to the official layout."),
-    "probe": ("mertkit.commands.probe:probe", "Train probes on cached features (MARBLE-style)."),
-    "eval": ("mertkit.commands.evaluate:evaluate", "Extract, cache and probe a model on a benchmark suite."),
-    "bench-suite": ("mertkit.commands.bench_suite:bench_suite", "Render the offline synthetic music benchmark."),
-    "search": ("mertkit.commands.search:search", "Nearest tracks in a feature store for a query audio file."),
+    "extract": ("mertkit.cli.extract:extract", "Extract hidden states from audio files into safetensors."),
+    "demo": ("mertkit.cli.demo:demo", "Run extraction on the shipped example audio (works offline)."),
+    "labels": ("mertkit.cli.labels:labels", "Compute pre-training labels (EnCodec codes) for a corpus."),
+    "pretrain": ("mertkit.cli.pretrain:pretrain", "Pre-train a MERT model (the MERT-v1 recipe)."),
+    "export": ("mertkit.cli.export:export", "Export a pre-training checkpoint to the official layout."),
+    "probe": ("mertkit.cli.probe:probe", "Train probes on cached features (MARBLE-style)."),
+    "eval": ("mertkit.cli.evaluate:evaluate", "Extract, cache and probe a model on a benchmark suite."),
+    "bench-suite": ("mertkit.cli.bench_suite:bench_suite", "Render the offline synthetic music benchmark."),
+    "search": ("mertkit.cli.search:search", "Nearest tracks in a feature store for a query audio file."),
 }
 
 

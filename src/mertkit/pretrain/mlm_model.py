@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mertkit.model import MertModel, frame_mask
-from mertkit.pretrain.config import PretrainConfig
+from mertkit.models.hubert.model import MertModel, frame_mask
+from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.mixture import MixtureSettings, mix_batch
 
 
@@ -72,7 +72,7 @@ def mixture_settings(cfg: PretrainConfig) -> MixtureSettings:
 
 
 def build_cqt(cfg: PretrainConfig) -> nn.Module:
-    from mertkit.teachers.cqt import CQT, CQTConfig
+    from mertkit.pretrain.teachers.cqt import CQT, CQTConfig
 
     # magnitude sqrt(re^2 + im^2 + 1e-8): the recipe's nnAudio setting (MODELS.md section 5)
     return CQT(CQTConfig(

@@ -20,7 +20,7 @@ __all__ = ["pretrain"]
 
 
 def _config(config: str | None, out: Path, resume: bool, overrides: tuple[str, ...]):
-    from mertkit.pretrain.config import PretrainConfigError, load_config
+    from mertkit.pretrain.pretrain_config import PretrainConfigError, load_config
 
     if config is None:
         if not (resume and (out / "config.json").is_file()):
@@ -33,8 +33,8 @@ def _config(config: str | None, out: Path, resume: bool, overrides: tuple[str, .
 
 
 def _encodec_labels(audio: Path, weights: Path, out: Path, device: str | None) -> Path:
-    from mertkit.labels import write_labels
-    from mertkit.teachers.encodec import EncodecTeacher, load_encodec
+    from mertkit.pretrain.labels import write_labels
+    from mertkit.pretrain.teachers.encodec import EncodecTeacher, load_encodec
 
     label_dir = out / "labels"
     teacher = EncodecTeacher(load_encodec(weights, device=device or "cpu"))

@@ -10,10 +10,10 @@ import click
 @click.option("--out", "-o", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False))
 def demo(out_dir: str) -> None:
     """Extract features from the shipped example audio with the offline default model."""
-    from mertkit.checkpoint import load
-    from mertkit.demo import EXAMPLE_AUDIO, asset, demo_model_dir
-    from mertkit.extract import ExtractOptions
-    from mertkit.runner import load_features, run_extract
+    from mertkit.models.checkpoint import load
+    from mertkit.cli.demo_assets import EXAMPLE_AUDIO, asset, demo_model_dir
+    from mertkit.extraction.engine import ExtractOptions
+    from mertkit.extraction.runner import load_features, run_extract
 
     model_dir, is_random = demo_model_dir()
     if is_random:

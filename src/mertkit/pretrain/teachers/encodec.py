@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mertkit.checkpoint import CheckpointError, read_weight_file, state_dict_mismatches
+from mertkit.models.checkpoint import CheckpointError, read_weight_file, state_dict_mismatches
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Training-time state of the EMA codebooks: present in both checkpoint layouts, never
@@ -374,7 +374,7 @@ def codes_for_waveform(model: EncodecEncoder, wav_24k: np.ndarray | Tensor, *, b
 
 @dataclass
 class EncodecTeacher:
-    """The EnCodec labeller as `mertkit.labels.write_labels` sees it."""
+    """The EnCodec labeller as `mertkit.pretrain.labels.write_labels` sees it."""
 
     model: EncodecEncoder
     bandwidth: float = 6.0

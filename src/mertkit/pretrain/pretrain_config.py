@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mertkit.config import ConfigError, MertConfig, read_json_object
+from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_object
 
 PRESET_NAMES = ("tiny", "95m", "330m")
 OBJECTIVES = ("mlm", "data2vec")

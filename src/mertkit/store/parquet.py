@@ -82,7 +82,7 @@ class StoreInputError(StoreError):
 
 
 def _require_pyarrow() -> tuple[Any, Any]:
-    """Import pyarrow lazily, so ``import mertkit.store`` works without the extra installed."""
+    """Import pyarrow lazily, so ``import mertkit.store.parquet`` works without the extra installed."""
     try:
         import pyarrow
         import pyarrow.parquet

@@ -64,7 +64,7 @@ class LabelValidationError(LabelsError):
 
 
 class LabelTeacher(Protocol):
-    """What `write_labels` needs from a teacher (see `mertkit.teachers.encodec.EncodecTeacher`)."""
+    """What `write_labels` needs from a teacher (see `mertkit.pretrain.teachers.encodec.EncodecTeacher`)."""
 
     name: str
     bandwidth: float

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mertkit.store import FeatureStore
+from mertkit.store.parquet import FeatureStore
 
 __all__ = ["LARGE_STORE_ROWS", "METHODS", "SearchError", "SearchIndex", "format_results", "search"]
 

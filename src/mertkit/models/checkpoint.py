@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mertkit.config import ConfigError, MertConfig
-from mertkit.model import MertModel
-from mertkit.registry import ModelCard, lookup
+from mertkit.models.hubert.config import ConfigError, MertConfig
+from mertkit.models.hubert.model import MertModel
+from mertkit.models.registry import ModelCard, lookup
 
 # Weight-norm tensors of the positional conv: newer torch/transformers save the
 # parametrisation's names, the hub files the legacy ones. Both map to ours.
@@ -106,7 +106,7 @@ def resolve(
 
 
 def _known_names() -> list[str]:
-    from mertkit.registry import PRETRAINED
+    from mertkit.models.registry import PRETRAINED
 
     return list(PRETRAINED)
 

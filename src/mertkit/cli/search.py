@@ -25,7 +25,7 @@ def _embed_query(store: object, audio: Path) -> np.ndarray:
     """Embed ``audio`` with the store's model, layers, pooling and window, so that the query is
     made exactly like the stored track vectors."""
     import mertkit
-    from mertkit.extract import embed_file
+    from mertkit.extraction.engine import embed_file
 
     meta = store.meta  # type: ignore[attr-defined]
     model = mertkit.load(meta.model)
@@ -71,7 +71,7 @@ def search(
     split: str | None,
 ) -> None:
     """Print the K stored tracks most similar to QUERY_AUDIO: rank, cosine score, path."""
-    from mertkit import search as search_module
+    import mertkit.store.search as search_module
     from mertkit import store as store_module
 
     if (query_audio is None) == (query_vector is None):

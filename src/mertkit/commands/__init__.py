@@ -1,1 +1,0 @@
-"""Sub-commands of the `mert` CLI, one module each, imported only when invoked."""
