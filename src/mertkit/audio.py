@@ -97,8 +97,11 @@ LOSSY_LENGTH_SLACK_SECONDS = 0.25
 # libsndfile's open error for a file it recognised but found malformed: its own failure, not
 # a format it has no reader for.
 _SF_ERR_MALFORMED_FILE = 3
-# Formats libsndfile opens but cannot read block by block correctly: decoded by PyAV.
-_SOUNDFILE_BLOCK_UNSAFE = frozenset({"MP3"})
+# Formats libsndfile opens that PyAV decodes: libsndfile's MPEG reader returns wrong samples
+# when a file is read in blocks (up to 0.6 off on a plain tone, libsndfile 1.2), and its Ogg
+# reader fills pages lost to corruption silently, where ffmpeg checks each page's CRC and
+# drops a bad one, so the loss shows against the declared length.
+_SOUNDFILE_HANDS_OVER = {"MP3": "mp3 is read by PyAV", "OGG": "ogg is read by PyAV"}
 # ffmpeg demuxers whose duration is read from the file's header or index (never estimated
 # from the bit rate): only these durations count as a declared length.
 _PYAV_DECLARING_FORMATS = frozenset({"mov", "mp4", "m4a", "matroska", "webm", "asf"})
@@ -239,10 +242,10 @@ def check_waveform(
     """
     array = np.asarray(wave)
     if array.ndim != ndim:
-        shape = "[samples]" if ndim == 1 else "[clips, samples]"
-        raise AudioError(f"{name}: expected a waveform {shape}, got shape {array.shape}")
+        shape = "mono waveform [samples]" if ndim == 1 else "batch of mono waveforms [clips, samples]"
+        raise AudioError(f"{name}: expected a {shape}, got shape {array.shape}")
     out = _as_float32(array, name)
-    if array.size and array.shape[-1] < min_samples:
+    if array.shape[-1] < min_samples and (ndim == 1 or array.shape[0]):
         raise AudioError(f"{name}: {array.shape[-1]} samples, fewer than the {min_samples} needed")
     if not np.isfinite(out).all():
         raise AudioError(f"{name}: waveform contains NaN or Inf samples")
@@ -463,6 +466,7 @@ class _Opened:
     declared_frames: int | None = None  # at `rate`; None: the container does not say
     slack_frames: int = 0  # how far a complete decode may fall short of declared_frames
     unfinished: bool = False  # the container stops without its end-of-stream mark
+    bytes_missing: bool = False  # the header declares more data than the file holds
     header_seconds: float | None = None  # length from the header (or ffmpeg's estimate)
 
 
@@ -479,12 +483,10 @@ def _open_input(source: AudioSource, name: str, stack: ExitStack) -> _Opened:
             raise AudioError(f"{name}: cannot read audio (soundfile: {sf_err.error_string})") from None
         soundfile_reason = sf_err.error_string
     else:
-        if handle.format not in _SOUNDFILE_BLOCK_UNSAFE:
+        if handle.format not in _SOUNDFILE_HANDS_OVER:
             return _soundfile_input(stack.enter_context(handle), name, src)
-        # libsndfile's MPEG reader returns wrong samples when a file is read in blocks (up to
-        # 0.6 off on a plain tone, seen with libsndfile 1.2): mp3 goes to ffmpeg instead.
         handle.close()
-        soundfile_reason = "mp3 is read by PyAV"
+        soundfile_reason = _SOUNDFILE_HANDS_OVER[handle.format]
     raw.seek(0)
     try:
         container = stack.enter_context(av.open(raw, mode="r", metadata_errors="replace"))
@@ -517,10 +519,10 @@ def _soundfile_input(handle: sf.SoundFile, name: str, src: headers.ByteSource) -
         fraction = headers.wav_declared_fraction(src)
         if fraction is not None and fraction > 1:
             opened.declared_frames = math.ceil(frames * fraction)
+            opened.bytes_missing = True
     elif handle.format == "AIFF":
         opened.declared_frames = max(frames, headers.aiff_declared_frames(src) or 0)
-    elif handle.format == "OGG":
-        _ogg_declared(opened, src)
+        opened.bytes_missing = opened.declared_frames > frames
     elif frames <= 0 or frames >= 2**62:  # a streamed FLAC header states no total
         opened.declared_frames = None
     if opened.declared_frames is not None and rate > 0:
@@ -537,7 +539,7 @@ def _ogg_declared(opened: _Opened, src: headers.ByteSource) -> None:
     opened.unfinished = not (end.complete and end.end_of_stream)
     preskip = headers.opus_preskip(src)
     total = end.granule if preskip is None else round((end.granule - preskip) * opened.rate / 48000)
-    opened.declared_frames = max(opened.declared_frames or 0, total)
+    opened.declared_frames = total
     opened.slack_frames = round(LOSSY_LENGTH_SLACK_SECONDS * opened.rate)
 
 
@@ -548,6 +550,9 @@ def _pyav_input(container, stream, name: str, src: headers.ByteSource) -> _Opene
     opened = _Opened(name, rate, int(len(codec.layout.channels)), container=container, stream=stream,
                      header_seconds=seconds, slack_frames=round(LOSSY_LENGTH_SLACK_SECONDS * rate))
     formats = set(container.format.name.split(","))
+    if "ogg" in formats:
+        _ogg_declared(opened, src)
+        return opened
     declares = bool(formats & _PYAV_DECLARING_FORMATS) or (
         "mp3" in formats and headers.mp3_has_length_header(src)
     )
@@ -610,7 +615,9 @@ def _check_complete(opened: _Opened, decoded: int, rate: int) -> None:
                          "ends without its end-of-stream mark")
     declared = opened.declared_frames
     if declared is not None and rate == opened.rate and decoded < declared - opened.slack_frames:
-        raise AudioError(f"{opened.name}: truncated: {_progress(decoded, opened, rate)} decoded")
+        # Without missing bytes to show for it, a short decode is data the decoder dropped.
+        what = "truncated" if opened.bytes_missing else "truncated or corrupt"
+        raise AudioError(f"{opened.name}: {what}: {_progress(decoded, opened, rate)} decoded")
 
 
 def _progress(decoded: int, opened: _Opened, rate: int) -> str:
@@ -650,8 +657,8 @@ def _decoded_blocks(
                 _check_running_length(decoded, rate, max_duration, name)
                 yield rate, block
         except _DecodeFailure as err:
-            where = _progress(decoded, opened, rate) if rate else "the start"
-            raise AudioError(f"{name}: corrupt audio data after {where} decoded ({err})") from None
+            where = f" after {_progress(decoded, opened, rate)} decoded" if decoded else ""
+            raise AudioError(f"{name}: corrupt audio data{where} ({err})") from None
         if rate:
             _check_complete(opened, decoded, rate)
 

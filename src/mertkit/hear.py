@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mertkit.audio import AudioError, check_waveform
 from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions
 from mertkit.models.hubert.model import MertModel
 
@@ -119,12 +120,13 @@ def _waveforms(audio: Tensor, model: HearModel) -> list[np.ndarray]:
         raise HearError(f"audio must be a torch.Tensor [n_sounds, n_samples], got {type(audio).__name__}")
     if audio.dim() != 2:
         raise HearError(f"audio must be [n_sounds, n_samples] at {model.sample_rate} Hz, got shape {tuple(audio.shape)}")
-    if not audio.is_floating_point():
-        raise HearError(f"audio must be floating point in [-1, 1], got {audio.dtype}")
     minimum = model.model.config.receptive_field
     if audio.shape[0] and audio.shape[1] < minimum:
         raise HearError(f"audio of {audio.shape[1]} samples is shorter than one frame ({minimum} samples "
                         f"at {model.sample_rate} Hz)")
-    if audio.shape[0] and not bool(torch.isfinite(audio).all()):
-        raise HearError("audio contains NaN or Inf samples")
-    return list(audio.detach().to("cpu", torch.float32).numpy())
+    if audio.dtype == torch.bfloat16:  # numpy has no bfloat16
+        audio = audio.float()
+    try:
+        return list(check_waveform(audio.detach().cpu().numpy(), "audio", ndim=2))
+    except AudioError as err:
+        raise HearError(str(err)) from None

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mertkit.audio import AudioError, stream_audio
+from mertkit.audio import DEFAULT_MAX_DURATION, AudioError, stream_audio
 
 __all__ = ["DecodeEvent", "DecoderCrashed", "decode_files", "decode_waveforms"]
 
@@ -69,21 +69,24 @@ def decode_files(
     workers: int = 0,
     block_seconds: float = DEFAULT_BLOCK_SECONDS,
     prefetch: int | None = None,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
 ) -> Iterator[DecodeEvent]:
-    """Decode and resample every file (job i = paths[i]) to mono float32 at `sample_rate`."""
+    """Decode and resample every file (job i = paths[i]) to mono float32 at `sample_rate`.
+    A file longer than `max_duration` seconds (None: no limit) fails."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    limits = (block_seconds, max_duration)
     if workers == 0 or not paths:
-        return _decode_inline(paths, sample_rate, block_seconds)
-    return _decode_in_workers(paths, sample_rate, workers, block_seconds, prefetch or 4 * workers)
+        return _decode_inline(paths, sample_rate, limits)
+    return _decode_in_workers(paths, sample_rate, workers, limits, prefetch or 4 * workers)
 
 
 # ---------------------------------------------------------------------------------------
 # In the calling process
 # ---------------------------------------------------------------------------------------
-def _decode_inline(paths: Sequence[str], sample_rate: int, block_seconds: float) -> Iterator[DecodeEvent]:
+def _decode_inline(paths: Sequence[str], sample_rate: int, limits: tuple) -> Iterator[DecodeEvent]:
     for job, path in enumerate(paths):
-        for kind, payload in _decode_one(path, sample_rate, block_seconds):
+        for kind, payload in _decode_one(path, sample_rate, limits):
             if kind == BLOCK:
                 yield DecodeEvent(BLOCK, job, payload)
             elif kind == FAILED:
@@ -92,10 +95,12 @@ def _decode_inline(paths: Sequence[str], sample_rate: int, block_seconds: float)
                 yield DecodeEvent(END, job)
 
 
-def _decode_one(path: str, sample_rate: int, block_seconds: float) -> Iterator[tuple[str, object]]:
-    """(BLOCK, samples)... then (END, None), or (FAILED, reason) once the file turns out bad."""
+def _decode_one(path: str, sample_rate: int, limits: tuple) -> Iterator[tuple[str, object]]:
+    """(BLOCK, samples)... then (END, None), or (FAILED, reason) once the file turns out bad.
+    `limits` is (block_seconds, max_duration)."""
+    block_seconds, max_duration = limits
     try:
-        for block in stream_audio(path, sample_rate, block_seconds=block_seconds):
+        for block in stream_audio(path, sample_rate, block_seconds=block_seconds, max_duration=max_duration):
             if block.size:
                 yield BLOCK, block
     except AudioError as err:
@@ -107,7 +112,7 @@ def _decode_one(path: str, sample_rate: int, block_seconds: float) -> Iterator[t
 # ---------------------------------------------------------------------------------------
 # In worker processes
 # ---------------------------------------------------------------------------------------
-def _worker_main(tasks, results, sample_rate: int, block_seconds: float) -> None:
+def _worker_main(tasks, results, sample_rate: int, limits: tuple) -> None:
     """Decode (job, path) tasks until the None sentinel; every event goes to `results`."""
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -118,7 +123,7 @@ def _worker_main(tasks, results, sample_rate: int, block_seconds: float) -> None
             return
         job, path = task
         try:
-            for kind, payload in _decode_one(path, sample_rate, block_seconds):
+            for kind, payload in _decode_one(path, sample_rate, limits):
                 results.put((kind, job, payload))
         except Exception:  # noqa: BLE001 - a bug in a worker must reach the parent, not vanish
             results.put((_CRASHED, job, f"decoding {path}:\n{traceback.format_exc()}"))
@@ -128,12 +133,12 @@ def _worker_main(tasks, results, sample_rate: int, block_seconds: float) -> None
 class _WorkerPool:
     """N decode processes fed from a task queue, answering through one bounded result queue."""
 
-    def __init__(self, workers: int, sample_rate: int, block_seconds: float, prefetch: int):
+    def __init__(self, workers: int, sample_rate: int, limits: tuple, prefetch: int):
         context = multiprocessing.get_context("spawn")
         self.tasks = context.Queue()
         self.results = context.Queue(maxsize=max(prefetch, workers))
         self.processes = [
-            context.Process(target=_worker_main, args=(self.tasks, self.results, sample_rate, block_seconds),
+            context.Process(target=_worker_main, args=(self.tasks, self.results, sample_rate, limits),
                             name=f"mertkit-decode-{i}", daemon=True)
             for i in range(workers)
         ]
@@ -175,9 +180,9 @@ class _WorkerPool:
 
 
 def _decode_in_workers(
-    paths: Sequence[str], sample_rate: int, workers: int, block_seconds: float, prefetch: int
+    paths: Sequence[str], sample_rate: int, workers: int, limits: tuple, prefetch: int
 ) -> Iterator[DecodeEvent]:
-    pool = _WorkerPool(min(workers, max(1, len(paths))), sample_rate, block_seconds, prefetch)
+    pool = _WorkerPool(min(workers, max(1, len(paths))), sample_rate, limits, prefetch)
     graceful = False
     try:
         next_job, open_jobs = 0, 0

@@ -41,6 +41,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from mertkit.audio import AudioError, check_waveform, normalize_waveform
 from mertkit.extraction.allocator import keep_freed_memory
 from mertkit.models.hubert.model import MertModel
 from mertkit.extraction.decode import BLOCK, END, FAILED, DecodeEvent
@@ -203,13 +204,11 @@ class Windower:
         self._kept_from = position
 
 
-def _checked_block(block: np.ndarray) -> np.ndarray:
-    block = np.asarray(block, dtype=np.float32)
-    if block.ndim != 1:
-        raise ExtractError(f"expected a mono waveform [samples], got shape {block.shape}")
-    if not np.isfinite(block).all():
-        raise ExtractError("waveform contains NaN or Inf samples")
-    return block
+def _checked_block(block: np.ndarray, name: str = "waveform") -> np.ndarray:
+    try:
+        return check_waveform(block, name, min_samples=0)
+    except AudioError as err:
+        raise ExtractError(str(err)) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -496,11 +495,7 @@ class Extractor:
 
     # ---- internals -------------------------------------------------------------------
     def _validated(self, key: object, wave: np.ndarray) -> np.ndarray:
-        wave = np.asarray(wave, dtype=np.float32)
-        if wave.ndim != 1:
-            raise ExtractError(f"{key}: expected a mono waveform [samples], got shape {wave.shape}")
-        if not np.isfinite(wave).all():
-            raise ExtractError(f"{key}: waveform contains NaN or Inf samples")
+        wave = _checked_block(wave, str(key))
         try:
             window_plan(len(wave), self.config.sample_rate, self.window, self.hop, self.config.receptive_field)
         except ExtractError as err:
@@ -527,7 +522,8 @@ class Extractor:
             return []
         chunks = [p.window.samples for p in items]
         if self.do_normalize:
-            chunks = [_normalize(c) for c in chunks]
+            # Wav2Vec2FeatureExtractor's do_normalize, per model input (here: per window).
+            chunks = [normalize_waveform(c) for c in chunks]
         device = self.device()
         batch, lengths = _input_batch(chunks, device)
         weights = next(self.model.parameters()).dtype
@@ -581,11 +577,6 @@ def _input_batch(chunks: list[np.ndarray], device: torch.device) -> tuple[torch.
     for i, chunk in enumerate(chunks):
         batch[i, : len(chunk)] = torch.from_numpy(chunk)
     return batch.to(device, non_blocking=pinned), lengths
-
-
-def _normalize(chunk: np.ndarray) -> np.ndarray:
-    # Wav2Vec2FeatureExtractor's do_normalize, per model input (here: per window).
-    return ((chunk - chunk.mean()) / np.sqrt(chunk.var() + 1e-7)).astype(np.float32)
 
 
 def _autocast(device: torch.device, dtype: str, weights: torch.dtype):

@@ -90,7 +90,9 @@ def run_ray_extract(
     del model
     report = RunReport()
     with FeatureStoreWriter(store_dir, meta) as writer:
-        todo = _pending_files(discover_inputs(inputs), writer, report)
+        files, rejected = discover_inputs(inputs)
+        report.failed.extend(rejected)
+        todo = _pending_files(files, writer, report)
         if not todo:
             return report
         with _ray_session(address, num_actors, threads_per_actor, device) as (ray, actors, threads):

@@ -38,11 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mertkit.audio import DEFAULT_MAX_DURATION, discover_audio
 from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions, Features, JobFailure, WindowOutput
 from mertkit.models.hubert.model import MertModel
 from mertkit.extraction.decode import DEFAULT_BLOCK_SECONDS, decode_files
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".wma", ".aiff", ".aif", ".webm", ".mka"}
 OUTPUT_SUFFIX = ".safetensors"
 TEMP_PREFIX = ".tmp-"
 HASH_THREADS = 4  # hashing reads files; blake2b releases the GIL, so threads overlap the reads
@@ -79,23 +79,17 @@ class StoreOptions:
     rows_per_shard: int = 1024
 
 
-def discover_inputs(inputs: Iterable[str | os.PathLike]) -> list[InputFile]:
-    """Files as given, folders recursed for audio extensions, in a stable order."""
-    found: list[InputFile] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for sub in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS):
-                found.append(InputFile(sub, sub.relative_to(path).as_posix()))
-        else:
-            # A named file is always tried (and fails clearly if missing or not audio).
-            found.append(InputFile(path, path.name))
+def discover_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[InputFile], list[tuple[str, str]]]:
+    """(files to extract, inputs refused unread as (path, reason)); the rules are
+    `mertkit.audio.discover_audio`'s, shared with `mert labels`."""
+    discovery = discover_audio(inputs)
+    found = [InputFile(f.path, f.relative) for f in discovery.files]
     seen: set[str] = set()
     for f in found:
         if f.relative in seen:
             raise ExtractError(f"two inputs would write the same output {f.output_name!r}; extract them separately")
         seen.add(f.relative)
-    return found
+    return found, discovery.rejected
 
 
 def output_metadata(model: MertModel, extractor: Extractor, source: str) -> dict[str, str]:
@@ -149,9 +143,11 @@ def run_extract(
     store: StoreOptions | None = None,
     compile: bool = False,
     block_seconds: float = DEFAULT_BLOCK_SECONDS,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
 ) -> RunReport:
     """Extract every input into `out_dir` (per-file safetensors) and/or a feature store;
-    never stops on a bad file. `workers` > 0 decodes in that many worker processes."""
+    never stops on a bad file. `workers` > 0 decodes in that many worker processes; files longer
+    than `max_duration` seconds (None: no limit) fail."""
     if out_dir is None and store is None:
         raise ExtractError("nowhere to write: give an output folder, a feature store, or both")
     if store is not None and options.pool == "none":
@@ -159,15 +155,18 @@ def run_extract(
                            "(frame-level features go to per-file safetensors with --out)")
     extractor = Extractor(model, options, compile=compile)
     run = _Run(model, extractor, Path(out_dir) if out_dir is not None else None, store, on_event)
+    files, rejected = discover_inputs(inputs)
+    run.reject(rejected)
+    limits = (block_seconds, max_duration)
     if store is None:
-        run.execute(discover_inputs(inputs), progress, workers, block_seconds)
+        run.execute(files, progress, workers, limits)
         return run.report
     from mertkit.store.parquet import FeatureStoreWriter
 
     with FeatureStoreWriter(store.root, store_meta(model, extractor, store.dtype),
                             rows_per_shard=store.rows_per_shard) as writer:
         run.writer = writer
-        run.execute(discover_inputs(inputs), progress, workers, block_seconds)
+        run.execute(files, progress, workers, limits)
     return run.report
 
 
@@ -181,11 +180,20 @@ class _Run:
         self.report = RunReport()
         self.hashes: dict[Path, str] = {}
 
-    def execute(self, files: list[InputFile], progress: bool, workers: int, block_seconds: float) -> None:
+    def reject(self, rejected: list[tuple[str, str]]) -> None:
+        """Inputs refused by discovery (special files, unlistable folders): failed, never read."""
+        for path, reason in rejected:
+            self.report.failed.append((path, reason))
+            if self.on_event:
+                self.on_event("failed", path, reason)
+
+    def execute(self, files: list[InputFile], progress: bool, workers: int, limits: tuple) -> None:
         todo = self._todo(files)
         bar = _progress(len(files), initial=len(self.report.skipped) + len(self.report.failed), enabled=progress)
         rate = self.extractor.config.sample_rate
-        events = decode_files([str(f.path) for f in todo], rate, workers=workers, block_seconds=block_seconds)
+        block_seconds, max_duration = limits
+        events = decode_files([str(f.path) for f in todo], rate, workers=workers, block_seconds=block_seconds,
+                              max_duration=max_duration)
         try:
             for job, outcome in self.extractor.run(events, lambda job: self._sink(todo[job])):
                 self._finished(todo[job], outcome)

@@ -30,7 +30,9 @@ and a file whose frames all carry the same code in every codebook is refused: it
 known failure of the recipe ("all labels collapsing to one token"). (Digital silence does not
 trip it on its own: EnCodec's LSTM keeps moving for a while, so codes still change.)
 
-Hidden files and directories (names starting with ".") are not labelled.
+Audio files are found by `mertkit.audio.discover_audio`, the rules `mert extract` uses too
+(extensions, recursion, sorting; hidden files and folders are passed over; special files are
+reported as failed, never read).
 """
 from __future__ import annotations
 
@@ -43,12 +45,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mertkit.audio import DEFAULT_MAX_DURATION
+
 MANIFEST_NAME = "manifest.jsonl"
 LABELS_SUBDIR = "codes"
 LABEL_DTYPE = np.dtype(np.int16)
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm", ".mka", ".mp4"}
-)
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 # The settings that make two label files comparable; mixing them in one directory is refused.
@@ -148,16 +149,10 @@ def label_file_name(relative_audio: str) -> str:
 
 
 def find_audio_files(in_dir: Path, exclude: Path | None = None) -> list[str]:
-    """Audio files under `in_dir` (by extension, case-insensitive), relative, `/`-separated, sorted."""
-    found = []
-    skip = exclude.resolve() if exclude is not None else None
-    for root, dirs, files in os.walk(in_dir):
-        root_path = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (root_path / d).resolve() != skip)
-        for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS:
-                found.append((root_path / name).relative_to(in_dir).as_posix())
-    return sorted(found)
+    """Audio files under `in_dir` (`mertkit.audio.discover_audio`), relative, `/`-separated, sorted."""
+    from mertkit.audio import discover_audio
+
+    return [f.relative for f in discover_audio([in_dir], exclude=exclude).files]
 
 
 def label_problems(
@@ -277,12 +272,13 @@ def _already_done(record: LabelRecord | None, stat: os.stat_result, out_dir: Pat
 
 
 def _label_one(
-    audio_path: Path, relative: str, out_dir: Path, teacher: LabelTeacher, identity: dict[str, Any]
+    audio_path: Path, relative: str, out_dir: Path, teacher: LabelTeacher, identity: dict[str, Any],
+    max_duration: float | None,
 ) -> tuple[int, int]:
     """Compute, check and atomically store one file's labels; returns (samples, frames)."""
     from mertkit.audio import load_audio
 
-    wav = load_audio(audio_path, identity["sample_rate"])
+    wav = load_audio(audio_path, identity["sample_rate"], max_duration=max_duration)
     codes = teacher.codes(wav)
     num_frames = frames_for_samples(wav.shape[0], identity["hop_length"])
     problems = label_problems(
@@ -305,14 +301,18 @@ def write_labels(
     sample_rate: int = 24000,
     frame_rate: int = 75,
     progress: Callable[[str, str], None] | None = None,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
 ) -> WriteSummary:
     """Label every audio file under `in_dir` into `out_dir` (layout in the module docstring).
 
     A file that cannot be labelled (any `ValueError`: mertkit's audio, teacher and label
     errors all are) is recorded as failed with its reason and the run goes on.
     `progress(relative_path, outcome)` is called once per file with "written", "skipped"
-    or "failed".
+    or "failed". Files longer than `max_duration` seconds (None: no limit) fail; special files
+    found are failed without being read (reported, not in the manifest).
     """
+    from mertkit.audio import discover_audio
+
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
         raise LabelsError(f"{in_dir}: input is not a directory")
@@ -326,9 +326,12 @@ def write_labels(
 
     summary = WriteSummary()
     records: dict[str, LabelRecord] = {}
+    found = discover_audio([in_dir], exclude=out_dir)
+    summary.failed.extend(found.rejected)
     with open(manifest, "a") as log:
-        for relative in find_audio_files(in_dir, exclude=out_dir):
-            record, outcome = _process_file(in_dir, out_dir, relative, previous.get(relative), teacher, identity)
+        for relative in (f.relative for f in found.files):
+            record, outcome = _process_file(in_dir, out_dir, relative, previous.get(relative), teacher, identity,
+                                            max_duration)
             records[relative] = record
             if outcome != "skipped":
                 log.write(record.to_json() + "\n")
@@ -343,7 +346,7 @@ def write_labels(
 
 def _process_file(
     in_dir: Path, out_dir: Path, relative: str, previous: LabelRecord | None,
-    teacher: LabelTeacher, identity: dict[str, Any],
+    teacher: LabelTeacher, identity: dict[str, Any], max_duration: float | None,
 ) -> tuple[LabelRecord, str]:
     audio_path = in_dir / relative
     stat = audio_path.stat()
@@ -351,7 +354,7 @@ def _process_file(
         return previous, "skipped"
     source = {"audio": relative, "audio_bytes": stat.st_size, "audio_mtime_ns": stat.st_mtime_ns, **identity}
     try:
-        samples, frames = _label_one(audio_path, relative, out_dir, teacher, identity)
+        samples, frames = _label_one(audio_path, relative, out_dir, teacher, identity, max_duration)
     except ValueError as error:
         return LabelRecord(status=STATUS_FAILED, error=str(error), **source), "failed"
     record = LabelRecord(
