@@ -491,6 +491,9 @@ def _open_input(source: AudioSource, name: str, stack: ExitStack) -> _Opened:
     try:
         container = stack.enter_context(av.open(raw, mode="r", metadata_errors="replace"))
     except av.error.FFmpegError as av_err:
+        if _ogg_unfinished(src):
+            raise AudioError(f"{name}: truncated: the stream ends without its end-of-stream mark, before "
+                             f"any audio could be decoded (PyAV: {_pyav_reason(av_err)})") from None
         raise AudioError(
             f"{name}: not a readable audio file "
             f"(soundfile: {soundfile_reason}; PyAV: {_pyav_reason(av_err)})"
@@ -541,6 +544,11 @@ def _ogg_declared(opened: _Opened, src: headers.ByteSource) -> None:
     total = end.granule if preskip is None else round((end.granule - preskip) * opened.rate / 48000)
     opened.declared_frames = total
     opened.slack_frames = round(LOSSY_LENGTH_SLACK_SECONDS * opened.rate)
+
+
+def _ogg_unfinished(src: headers.ByteSource) -> bool:
+    end = headers.ogg_end(src)
+    return end is not None and not (end.complete and end.end_of_stream)
 
 
 def _pyav_input(container, stream, name: str, src: headers.ByteSource) -> _Opened:

@@ -36,9 +36,13 @@ import click
 @click.option("--address", default=None, help="Ray cluster address (--engine ray); default: start a local one.")
 @click.option("--actors", type=int, default=1, show_default=True, help="Model actors (--engine ray).")
 @click.option("--revision", default=None, help="Hub revision (a pinned one is used for registry names where known).")
+@click.option("--max-duration", default=None, callback=lambda c, p, v: max_duration_value(v),
+              help="Longest input in seconds, checked from the file's header before decoding "
+                   "(default: 14400, 4 h); 0 or 'none': no limit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_rows, layers, pool, window, hop,
-            batch_size, workers, device, dtype, use_compile, engine, address, actors, revision, quiet) -> None:
+            batch_size, workers, device, dtype, use_compile, engine, address, actors, revision, max_duration,
+            quiet) -> None:
     """Extract hidden states from audio files or folders (recursed) into DIR/<file>.safetensors
     and/or pooled vectors into a Parquet feature store."""
     from mertkit.models.checkpoint import CheckpointError
@@ -58,7 +62,7 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
                               split, store_dtype)
         else:
             report = _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows,
-                                workers, device, use_compile, revision, quiet)
+                                workers, device, use_compile, revision, quiet, max_duration)
     except (CheckpointError, ConfigError, ExtractError, StoreError) as err:
         raise click.ClickException(str(err)) from err
     targets = " and ".join(t for t in (out_dir, store_dir) if t)
@@ -70,7 +74,7 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
 
 
 def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows, workers, device,
-               use_compile, revision, quiet):
+               use_compile, revision, quiet, max_duration):
     from mertkit.models.checkpoint import load
     from mertkit.extraction.runner import StoreOptions, run_extract
 
@@ -83,7 +87,7 @@ def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, spl
     # Half precision runs the weights natively (the fused CPU kernels need no autocast).
     model = load(model_name, revision, device=_device(device), dtype=DTYPES[options.dtype])
     return run_extract(model, inputs, out_dir, options, progress=not quiet, workers=workers, store=store,
-                       compile=use_compile)
+                       compile=use_compile, max_duration=max_duration)
 
 
 def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision, split, store_dtype):
@@ -98,6 +102,18 @@ def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, d
         raise click.ClickException(f"--engine ray needs ray: pip install 'mertkit[ray]' ({err})") from err
     return run_ray_extract(model_name, list(inputs), store_dir, options, address=address, num_actors=actors,
                            device=device, revision=revision, split=split, store_dtype=store_dtype)
+
+
+def max_duration_value(text: str | None) -> float | None:
+    """--max-duration (shared with `mert labels`): seconds, or None for no limit."""
+    from mertkit.audio import DEFAULT_MAX_DURATION, parse_max_duration
+
+    if text is None:
+        return DEFAULT_MAX_DURATION
+    try:
+        return parse_max_duration(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--max-duration") from None
 
 
 def _require_pyarrow() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from mertkit.cli.extract import max_duration_value
+
 __all__ = ["labels"]
 
 MAX_FAILURES_SHOWN = 20
@@ -48,16 +50,22 @@ def _print_failures(failed: list[tuple[str, str]]) -> None:
     "--bandwidth", type=float, default=6.0, show_default=True,
     help="EnCodec bandwidth in kbps (6 -> 8 codebooks, the MERT-v1 recipe).",
 )
+@click.option(
+    "--max-duration", default=None, callback=lambda c, p, v: max_duration_value(v),
+    help="Longest input in seconds, checked from the file's header before decoding (default: 14400, 4 h); "
+    "0 or 'none': no limit.",
+)
 @click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-def labels(teacher: str, weights: Path, device: str, bandwidth: float, in_dir: Path, out_dir: Path) -> None:
+def labels(teacher: str, weights: Path, device: str, bandwidth: float, max_duration: float | None, in_dir: Path,
+           out_dir: Path) -> None:
     """Write frame-aligned teacher labels for every audio file in IN_DIR to OUT_DIR."""
     from mertkit.pretrain.labels import LabelsError, validate_labels, write_labels
 
     labeller = _load_teacher(weights, device, bandwidth)
     try:
         summary = write_labels(in_dir, out_dir, labeller, sample_rate=labeller.sample_rate,
-                               frame_rate=labeller.sample_rate // labeller.hop_length)
+                               frame_rate=labeller.sample_rate // labeller.hop_length, max_duration=max_duration)
         check = validate_labels(out_dir)
     except LabelsError as error:
         raise click.ClickException(str(error)) from None
