@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from click.testing import CliRunner
 
@@ -290,3 +289,29 @@ def test_extractor_accepts_int16_like_float(tmp_path):
                         (np.full(SR, np.inf), "NaN or Inf")):
         with pytest.raises(ExtractError, match=phrase):
             extractor.extract(bad)
+
+
+class _FakeTeacher:
+    """The LabelTeacher protocol with deterministic, non-degenerate codes (no model needed)."""
+
+    name, bandwidth, sample_rate, hop_length, num_codebooks, codebook_size = "fake", 6.0, 24000, 320, 2, 16
+
+    def codes(self, wav: np.ndarray) -> np.ndarray:
+        frames = -(-len(wav) // self.hop_length)
+        return (np.arange(self.num_codebooks * frames) % self.codebook_size).reshape(2, frames).astype(np.int16)
+
+
+def test_labels_share_discovery_and_limits(tmp_path):
+    from mertkit.pretrain.labels import read_manifest, write_labels
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_tone(corpus / "a.oga", seconds=0.5, sample_rate=SR, channels=1, subtype="VORBIS", format="OGG")
+    write_tone(corpus / "long.wav", seconds=3.0, sample_rate=SR, channels=1)
+    os.mkfifo(corpus / "pipe.flac")
+    summary = write_labels(corpus, tmp_path / "labels", _FakeTeacher(), max_duration=2.0)
+    failed = dict(summary.failed)
+    assert summary.written == 1 and sorted(failed) == ["long.wav", "pipe.flac"]
+    assert "over the 2 s limit" in failed["long.wav"]
+    assert "skipped without reading" in failed["pipe.flac"]
+    assert read_manifest(tmp_path / "labels")["a.oga"].status == "ok"

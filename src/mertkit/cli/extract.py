@@ -59,7 +59,7 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
                                  batch_size=batch_size, dtype=dtype)
         if engine == "ray":
             report = _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision,
-                              split, store_dtype)
+                              split, store_dtype, max_duration)
         else:
             report = _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows,
                                 workers, device, use_compile, revision, quiet, max_duration)
@@ -90,7 +90,8 @@ def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, spl
                        compile=use_compile, max_duration=max_duration)
 
 
-def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision, split, store_dtype):
+def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, device, revision, split, store_dtype,
+             max_duration):
     if store_dir is None:
         raise click.UsageError("--engine ray writes to a feature store: give --store DIR")
     if out_dir is not None:
@@ -101,7 +102,8 @@ def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, d
     except ImportError as err:
         raise click.ClickException(f"--engine ray needs ray: pip install 'mertkit[ray]' ({err})") from err
     return run_ray_extract(model_name, list(inputs), store_dir, options, address=address, num_actors=actors,
-                           device=device, revision=revision, split=split, store_dtype=store_dtype)
+                           device=device, revision=revision, split=split, store_dtype=store_dtype,
+                           max_duration=max_duration)
 
 
 def max_duration_value(text: str | None) -> float | None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mertkit.audio import DEFAULT_MAX_DURATION
 from mertkit.extraction.engine import Extractor, ExtractOptions, JobFailure
 from mertkit.extraction.runner import InputFile, RunReport, discover_inputs, store_meta
 
@@ -70,12 +71,14 @@ def run_ray_extract(
     threads_per_actor: int | None = None,
     files_per_batch: int = 4,
     progress: bool = False,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
 ) -> RunReport:
     """Extract pooled features of every input into the Parquet store at `store_dir` on Ray.
 
     `num_actors` model replicas (default: one per GPU with device="cuda", else 2). Tracks
     already in the store are skipped; a file that cannot be decoded or is too short is
-    reported in `RunReport.failed` and the others still finish.
+    reported in `RunReport.failed` and the others still finish; so is a file longer than
+    `max_duration` seconds (None: no limit).
     """
     from mertkit.models.checkpoint import load
     from mertkit.store.parquet import FeatureStoreWriter
@@ -96,7 +99,8 @@ def run_ray_extract(
         if not todo:
             return report
         with _ray_session(address, num_actors, threads_per_actor, device) as (ray, actors, threads):
-            job = _Job(_absolute_if_local(model_name), revision, _actor_device(device), options, threads, sample_rate)
+            job = _Job(_absolute_if_local(model_name), revision, _actor_device(device), options, threads, sample_rate,
+                       max_duration)
             rows = _result_rows(ray, todo, job, actors, files_per_batch)
             _write_rows(rows, writer, report, split, total=len(todo), progress=progress)
     return report
@@ -115,6 +119,7 @@ class _Job:
     options: ExtractOptions
     threads: int | None
     sample_rate: int
+    max_duration: float | None
 
 
 def _check_request(options: ExtractOptions, device: str, num_actors: int | None,
@@ -174,7 +179,7 @@ def _result_rows(ray: Any, todo: list[tuple[InputFile, str]], job: _Job, actors:
     items = [{"path": str(f.path), "source": str(f.path.resolve()), "content_hash": digest} for f, digest in todo]
     gpus = 1 if job.device == "cuda" else 0
     dataset = ray.data.from_items(items)
-    dataset = dataset.map(_decode_row, fn_kwargs={"sample_rate": job.sample_rate}, num_cpus=DECODE_TASK_CPUS)
+    dataset = dataset.map(_decode_row, fn_kwargs={"sample_rate": job.sample_rate, "max_duration": job.max_duration}, num_cpus=DECODE_TASK_CPUS)
     dataset = dataset.map_batches(
         _ModelActor,
         fn_constructor_kwargs={"job": job},
@@ -207,12 +212,12 @@ def _write_rows(rows: Iterator[dict[str, Any]], writer: Any, report: RunReport, 
 # ---------------------------------------------------------------------------------------
 # Worker side (runs on the cluster)
 # ---------------------------------------------------------------------------------------
-def _decode_row(row: dict[str, Any], *, sample_rate: int) -> dict[str, Any]:
+def _decode_row(row: dict[str, Any], *, sample_rate: int, max_duration: float | None) -> dict[str, Any]:
     """Decode one file at the model rate; failure is data (an error row), never a task error."""
     from mertkit.audio import AudioError, load_audio
 
     try:
-        wave = load_audio(row["source"], sample_rate)
+        wave = load_audio(row["source"], sample_rate, max_duration=max_duration)
         error = ""
     except AudioError as err:
         wave = np.zeros(0, dtype=np.float32)

@@ -327,7 +327,8 @@ def write_labels(
     summary = WriteSummary()
     records: dict[str, LabelRecord] = {}
     found = discover_audio([in_dir], exclude=out_dir)
-    summary.failed.extend(found.rejected)
+    # Reported like the manifest's records: relative to the input folder.
+    summary.failed.extend((Path(os.path.relpath(path, in_dir)).as_posix(), reason) for path, reason in found.rejected)
     with open(manifest, "a") as log:
         for relative in (f.relative for f in found.files):
             record, outcome = _process_file(in_dir, out_dir, relative, previous.get(relative), teacher, identity,
