@@ -212,7 +212,7 @@ def audio_info(source: AudioSource) -> AudioInfo:
 
 def parse_max_duration(text: str | float | None) -> float | None:
     """A --max-duration value: seconds > 0, or 0 / "none" for no limit (None)."""
-    if text is None or (isinstance(text, str) and text.strip().lower() in ("none", "0", "0.0")):
+    if text is None or (isinstance(text, str) and text.strip().lower() == "none"):
         return None
     try:
         seconds = float(text)

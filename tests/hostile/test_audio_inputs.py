@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from audio_fixtures import corrupt, truncate, write_mp3, write_text, write_tone
+from audio_fixtures import corrupt, tones, truncate, write_m4a, write_mp3, write_pyav, write_text, write_tone
 from mertkit import audio
 from mertkit.audio import AudioError, check_waveform, discover_audio, load_audio, normalize_waveform
 from mertkit.cli.app import main
@@ -116,6 +116,11 @@ def test_intact_files_are_not_called_truncated(tmp_path):
         write_tone(tmp_path / name, seconds=1.0, sample_rate=44100, channels=2)
     write_tone(tmp_path / "a.ogg", seconds=1.0, sample_rate=44100, channels=2, subtype="VORBIS")
     write_mp3(tmp_path / "a.mp3", seconds=1.0, sample_rate=44100, channels=2)
+    # Raw ADTS AAC has no declared length (ffmpeg's duration is a guess from the bit rate, here
+    # longer than the audio): it must not count as a declaration.
+    write_pyav(tmp_path / "a.aac", tones(1.0, 44100, 2), 44100, codec="aac", container="adts")
+    write_pyav(tmp_path / "a.webm", tones(1.0, 48000, 2), 48000, codec="libopus", container="webm")
+    write_m4a(tmp_path / "a.m4a", seconds=1.0, sample_rate=44100, channels=2)
     for path in sorted(tmp_path.iterdir()):
         assert abs(len(load_audio(path, SR)) - SR) < 0.05 * SR, path
 
