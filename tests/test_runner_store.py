@@ -194,20 +194,22 @@ def test_sigkilled_cli_run_is_finished_by_a_rerun(ckpt, tmp_path):
 def test_engine_ray_dispatches_to_the_ray_engine(ckpt, audio, tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(model_name, inputs, store_dir, options, *, address, num_actors, device, revision, split, store_dtype):
+    def fake_run(model_name, inputs, store_dir, options, *, address, num_actors, device, revision, split, store_dtype,
+                 max_duration):
         from mertkit.extraction.runner import RunReport
 
-        calls.append((model_name, inputs, store_dir, options, address, num_actors, device, revision, split, store_dtype))
+        calls.append((model_name, inputs, store_dir, options, address, num_actors, device, revision, split, store_dtype,
+                      max_duration))
         return RunReport(done=list(inputs))
 
     monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
     monkeypatch.setitem(sys.modules, "mertkit.extraction.ray_engine", types.SimpleNamespace(run_ray_extract=fake_run))
     result = CliRunner().invoke(main, ["extract", str(audio), "--model", str(ckpt), "--store", str(tmp_path / "s"),
                                        "--pool", "max", "--engine", "ray", "--address", "auto", "--actors", "3",
-                                       "--split", "train", "--store-dtype", "float32"])
+                                       "--split", "train", "--store-dtype", "float32", "--max-duration", "60"])
     assert result.exit_code == 0, result.output
-    ((name, inputs, store_dir, options, address, actors, device, revision, split, store_dtype),) = calls
-    assert (split, store_dtype) == ("train", "float32")
+    ((name, inputs, store_dir, options, address, actors, device, revision, split, store_dtype, limit),) = calls
+    assert (split, store_dtype, limit) == ("train", "float32", 60.0)
     assert (name, inputs, store_dir) == (str(ckpt), [str(audio)], str(tmp_path / "s"))
     assert options.pool == "max" and (address, actors, device, revision) == ("auto", 3, "cpu", None)
 
