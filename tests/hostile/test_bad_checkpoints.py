@@ -145,3 +145,10 @@ def test_config_values_in_code_are_checked_too():
         MertConfig(conv_stride=(5, 2, 2, 2, 2, 2, 0))
     with pytest.raises(ConfigError, match="num_hidden_layers"):
         tiny_config("post_ln", num_hidden_layers=0)
+
+
+def test_eval_reports_a_bad_config_in_one_line(ckpt, tmp_path):
+    (ckpt / "config.json").write_text("[]")
+    result = CliRunner().invoke(main, ["eval", "--model", str(ckpt), "-o", str(tmp_path / "out"), "--tasks", "pitch"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"Error: {ckpt / 'config.json'}: expected a JSON object" in result.output

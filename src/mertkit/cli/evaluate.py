@@ -81,6 +81,7 @@ def evaluate(ctx: click.Context, model_name: str | None, suite: str, suite_dir: 
              window: float, batch_size: int, device: str, dtype: str, quick: bool) -> None:
     """Extract, cache and probe a model on a benchmark suite, next to hand-crafted baselines."""
     from mertkit.eval.suite_runner import SuiteRunError, run_suite
+    from mertkit.models.hubert.config import ConfigError
 
     if quick:
         seeds, lrs, epochs = (_quick(ctx, name, value) for name, value in (("seeds", seeds), ("lrs", lrs), ("epochs", epochs)))
@@ -96,7 +97,7 @@ def evaluate(ctx: click.Context, model_name: str | None, suite: str, suite_dir: 
             clips_per_task=clips, window=window, batch_size=batch_size, dtype=dtype, device=device,
             progress=not quiet(), log=log,
         )
-    except SuiteRunError as error:
+    except (SuiteRunError, ConfigError) as error:  # ConfigError: a --model whose config.json is refused
         raise click.ClickException(str(error)) from error
     except ImportError as error:
         raise click.ClickException(install_hint(error)) from error
