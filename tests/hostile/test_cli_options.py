@@ -106,10 +106,10 @@ def test_every_help_has_an_example(command):
     assert result.exit_code == 0, result.output
     if command in NOT_ON_SHARED_OPTIONS:
         pytest.skip(f"mert {command} does not use cli/options.py yet")
-    assert re.search(rf"Example:\n +mert {command}\b", result.output), result.output
+    assert re.search(rf"Examples?:\n +mert {command}\b", result.output), result.output
     if command == "bench-suite":
         result = CliRunner().invoke(main, [command, "synth", "--help"])
-        assert re.search(r"Example:\n +mert bench-suite synth ", result.output), result.output
+        assert re.search(r"Examples?:\n +mert bench-suite synth ", result.output), result.output
     assert "-q, --quiet" in result.output and "-v, --verbose" in result.output
     if "--device" in result.output:
         assert "[default: auto]" in result.output
@@ -118,7 +118,7 @@ def test_every_help_has_an_example(command):
 
 def test_group_help_has_an_example():
     result = CliRunner().invoke(main, ["--help"])
-    assert result.exit_code == 0 and re.search(r"Example:\n +mert demo", result.output)
+    assert result.exit_code == 0 and re.search(r"Examples?:\n +mert demo", result.output)
 
 
 def test_old_layer_spelling_still_works_but_says_so(paths):

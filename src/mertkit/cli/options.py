@@ -109,7 +109,7 @@ def device_option(help: str = "Where the model runs.") -> Callable[[F], F]:
 
 def verbosity(function: F) -> F:
     """-q/--quiet and -v/--verbose: the level of the `mertkit` loggers (and `quiet()` for bars)."""
-    function = click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True,
+    function = click.option("-v", "--verbose", count=True, expose_value=False, is_eager=True,
                             callback=_remember, help="Debug messages too.")(function)
     return click.option("-q", "--quiet", is_flag=True, expose_value=False, is_eager=True,
                         callback=_remember, help="Only warnings and errors: no progress.")(function)
@@ -120,7 +120,7 @@ def quiet() -> bool:
     return bool(click.get_current_context().meta.get("mertkit.quiet", False))
 
 
-def _remember(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+def _remember(ctx: click.Context, param: click.Parameter, value: bool | int) -> None:
     ctx.meta[f"mertkit.{param.name}"] = value
     if "mertkit.quiet" in ctx.meta and "mertkit.verbose" in ctx.meta:
         if ctx.meta["mertkit.quiet"] and ctx.meta["mertkit.verbose"]:
@@ -128,7 +128,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         configure_logging(quiet=ctx.meta["mertkit.quiet"], verbose=ctx.meta["mertkit.verbose"])
 
 
-def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+def configure_logging(quiet: bool = False, verbose: int = 0) -> None:
     """`mertkit.*` log records to stderr: WARNING with quiet, DEBUG with verbose, else INFO."""
     logger = logging.getLogger("mertkit")
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
@@ -169,4 +169,5 @@ def install_hint(error: ImportError) -> str:
 
 def examples(*lines: str) -> str:
     """The `Example:` section of a command's --help (an epilog click keeps line by line)."""
-    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
+    heading = "Examples:" if len(lines) > 1 else "Example:"
+    return f"\b\n{heading}\n" + "\n".join(f"  {line}" for line in lines)
