@@ -1,7 +1,13 @@
 """mertkit: the m-a-p MERT / music2vec family in native PyTorch.
 
-The top-level names are imported lazily so that `mert --help` and small scripts do not pay
-for torch's import unless they need a model.
+    import mertkit
+    model = mertkit.load("MERT-v1-95M")            # or "mertkit-tiny-synth", a hub id, a folder
+    vectors = mertkit.embed_file(model, "song.mp3")  # exactly what `mert extract --pool mean` gives
+    store = mertkit.store.open("feats.parquet/")   # a feature store written by `mert extract --store`
+    hits = mertkit.search(store, vectors, layer=12, k=10)
+
+The top-level names and sub-packages are imported lazily so that `mert --help` and small
+scripts do not pay for torch's import unless they need a model.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# name -> module that defines it
 _LAZY = {
     "MertConfig": "mertkit.models.hubert.config",
     "MertModel": "mertkit.models.hubert.model",
@@ -17,13 +24,27 @@ _LAZY = {
     "load": "mertkit.models.checkpoint",
     "load_audio": "mertkit.audio",
     "PRETRAINED": "mertkit.models.registry",
+    "embed_file": "mertkit.extraction.engine",
+    "Extractor": "mertkit.extraction.engine",
+    "ExtractOptions": "mertkit.extraction.engine",
+    "run_extract": "mertkit.extraction.runner",
+    "load_features": "mertkit.extraction.runner",
+    "search": "mertkit.store.search",
 }
+# sub-packages reachable as attributes after `import mertkit` (e.g. mertkit.store.open)
+_SUBMODULES = ("audio", "eval", "extraction", "hear", "models", "pretrain", "store", "synth")
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY, *_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mertkit.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mertkit' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -54,7 +54,7 @@ def test_probe_command(tmp_path):
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     task = json.dumps({"name": "genre", "kind": "multiclass", "labels": ["rock", "pop"]})
     args = ["--features", str(tmp_path / "feats"), "--manifest", str(tmp_path / "m.csv"), "--task", task,
-            "--layer", "all", "--probe", "linear", "--seeds", "0", "--lrs", "0.01", "--epochs", "30",
+            "--layers", "all", "--probe", "linear", "--seeds", "0", "--lrs", "0.01", "--epochs", "30",
             "--batch-size", "0", "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(probe, args)
     assert result.exit_code == 0, result.output

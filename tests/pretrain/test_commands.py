@@ -28,7 +28,7 @@ def test_pretrain_resume_and_export_from_the_command_line(tmp_path):
     updates = [json.loads(line)["update"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert updates == [1, 2, 3]
 
-    result = runner.invoke(export, [str(run), str(tmp_path / "hf"), "--format", "safetensors"])
+    result = runner.invoke(export, [str(run), "-o", str(tmp_path / "hf"), "--format", "safetensors"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "hf" / "pytorch_model.bin").exists()
     model = mertkit.load(tmp_path / "hf")
@@ -51,5 +51,5 @@ def test_command_errors_are_messages_not_tracebacks(tmp_path):
     result = runner.invoke(pretrain, ["--config", "tiny", *base, "--set", "objective=data2vec"])
     assert result.exit_code == 1 and "no usable audio" in result.output
     (tmp_path / "bogus.pt").write_bytes(b"not a checkpoint")
-    result = runner.invoke(export, [str(tmp_path / "bogus.pt"), str(tmp_path / "out")])
+    result = runner.invoke(export, [str(tmp_path / "bogus.pt"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "bogus.pt" in result.output

@@ -166,9 +166,9 @@ def test_cli_builds_a_suite(tmp_path: Path) -> None:
 
     from mertkit.cli.bench_suite import bench_suite
 
-    result = CliRunner().invoke(bench_suite, ["synth", str(tmp_path / "out"), "--clips", "3", "--task", "tempo", "--seed", "4"])
+    result = CliRunner().invoke(bench_suite, ["synth", "-o", str(tmp_path / "out"), "--clips", "3", "--task", "tempo", "--seed", "4"])
     assert result.exit_code == 0, result.output
     assert len(_rows(tmp_path / "out" / "tempo")) == 3
     assert not (tmp_path / "out" / "pitch").exists()
-    again = CliRunner().invoke(bench_suite, ["synth", str(tmp_path / "out"), "--clips", "3", "--task", "tempo"])
+    again = CliRunner().invoke(bench_suite, ["synth", "--out", str(tmp_path / "out"), "--clips", "3", "--task", "tempo"])
     assert again.exit_code != 0 and "not empty" in again.output

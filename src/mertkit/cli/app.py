@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 
 import click
 
 from mertkit import __version__
+from mertkit.cli.options import examples, install_hint
 
 # name -> "module:attribute" of a click command
 COMMANDS = {
@@ -24,6 +26,14 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ImportError as error:
+            # An optional dependency a command needs: one line naming the extra to install.
+            logging.getLogger("mertkit").debug("import failed", exc_info=True)
+            raise click.ClickException(install_hint(error)) from error
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(name for name in COMMANDS if _available(name))
 
@@ -45,7 +55,8 @@ def _available(name: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=examples("mert demo", "mert extract songs/ --model MERT-v1-95M -o feats/", "mert eval --quick"))
 @click.version_option(__version__, prog_name="mert")
 def main() -> None:
     """mertkit: the m-a-p MERT / music2vec models, natively in PyTorch."""

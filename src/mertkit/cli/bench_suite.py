@@ -1,6 +1,6 @@
 """``mert bench-suite``: build benchmark suites.
 
-Usage: ``mert bench-suite synth OUT_DIR [--seed 0] [--clips N] [--task NAME ...]`` renders the
+Usage: ``mert bench-suite synth -o OUT_DIR [--seed 0] [--clips N] [--task NAME ...]`` renders the
 synthetic MIDI suite of :mod:`mertkit.synth.suite` (pitch, instrument, key, tempo/beat).
 """
 from __future__ import annotations
@@ -10,19 +10,22 @@ from pathlib import Path
 
 import click
 
+from mertkit.cli.options import examples, install_hint, out_option, verbosity
 from mertkit.synth.suite import DEFAULT_CLIPS_PER_TASK, TASKS
 
 __all__ = ["bench_suite"]
 
 
-@click.group(name="bench-suite", help="Build benchmark suites for probing.")
+@click.group(name="bench-suite", help="Build benchmark suites for probing.",
+             epilog=examples("mert bench-suite synth -o suite/"))
 def bench_suite() -> None:
     """Group of suite builders; see the sub-commands."""
 
 
-@bench_suite.command(name="synth", help="Render the synthetic MIDI benchmark suite into OUT_DIR.")
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives identical files.")
+@bench_suite.command(name="synth", help="Render the synthetic MIDI benchmark suite into the --out folder.",
+                     epilog=examples("mert bench-suite synth -o suite/", "mert bench-suite synth -o suite/ --task key --clips 20"))
+@out_option("Folder for the suite: one sub-folder per task.", path_type=Path)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed; the same seed gives identical files.")
 @click.option("--clips", type=click.IntRange(min=3), default=DEFAULT_CLIPS_PER_TASK, show_default=True,
               help="Clips per task.")
 @click.option("--task", "tasks", type=click.Choice(TASKS), multiple=True,
@@ -31,18 +34,21 @@ def bench_suite() -> None:
 @click.option("--soundfont", type=click.Path(dir_okay=False, exists=True), default=None,
               help="SoundFont (.sf2); default: pretty_midi's bundled TimGM6mb.sf2.")
 @click.option("--overwrite", is_flag=True, help="Rebuild task folders that already exist.")
+@verbosity
 def synth(
-    out_dir: Path, seed: int, clips: int, tasks: tuple[str, ...], sample_rate: int, soundfont: str | None, overwrite: bool
+    out: Path, seed: int, clips: int, tasks: tuple[str, ...], sample_rate: int, soundfont: str | None, overwrite: bool
 ) -> None:
     from mertkit.synth.render import RenderError
     from mertkit.synth.suite import SuiteError, build_suite
 
     started = time.perf_counter()
     try:
-        folders = build_suite(out_dir, seed=seed, clips_per_task=clips, sample_rate=sample_rate,
+        folders = build_suite(out, seed=seed, clips_per_task=clips, sample_rate=sample_rate,
                               tasks=tasks or TASKS, soundfont=soundfont, overwrite=overwrite)
-    except (SuiteError, RenderError, ImportError) as error:
+    except (SuiteError, RenderError) as error:
         raise click.ClickException(str(error)) from error
+    except ImportError as error:
+        raise click.ClickException(install_hint(error)) from error
     for name, folder in folders.items():
         click.echo(f"{name}: {clips} clips -> {folder}")
     click.echo(f"done in {time.perf_counter() - started:.1f} s")

@@ -1,8 +1,9 @@
 """The README's main job: features of the shipped example audio, fully offline.
 
-The model is the one the package ships (`mertkit/assets/model`) when present. Until then a
-small MERT-v1-layout checkpoint with RANDOM weights is built on the fly in the official file
-layout (cached under ~/.cache/mertkit): the pipeline is real, the numbers mean nothing.
+The model is the one the package ships (registry name `mertkit-tiny-synth`, files in
+`mertkit/assets/model`) when present. Without it a small MERT-v1-layout checkpoint with
+RANDOM weights is built on the fly in the official file layout (cached under
+~/.cache/mertkit): the pipeline is real, the numbers mean nothing.
 """
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from mertkit.models.registry import PRETRAINED, SHIPPED_MODEL as SHIPPED_MODEL_NAME, asset_dir
+
 EXAMPLE_AUDIO = "example.flac"
-SHIPPED_MODEL = "model"
+SHIPPED_MODEL = PRETRAINED[SHIPPED_MODEL_NAME].asset
 
 
 def asset(name: str) -> Path:
@@ -25,7 +28,7 @@ def cache_dir() -> Path:
 
 def demo_model_dir() -> tuple[Path, bool]:
     """(checkpoint directory, is_random)."""
-    shipped = asset(SHIPPED_MODEL)
+    shipped = asset_dir(PRETRAINED[SHIPPED_MODEL_NAME])
     if (shipped / "config.json").is_file():
         return shipped, False
     target = cache_dir() / "demo-random-mert-v1-small"

@@ -1,4 +1,4 @@
-"""`mert export CKPT OUT_DIR`: a pre-training checkpoint (or run folder) to the official layout.
+"""`mert export CKPT -o OUT_DIR`: a pre-training checkpoint (or run folder) to the official layout.
 
 Writes config.json (official field names), preprocessor_config.json, pytorch_model.bin
 (legacy weight_g / weight_v names) and model.safetensors; `mertkit.load(OUT_DIR)` reads it
@@ -10,24 +10,27 @@ from pathlib import Path
 
 import click
 
+from mertkit.cli.options import examples, out_option, verbosity
+
 __all__ = ["export"]
 
 
-@click.command("export")
+@click.command("export", epilog=examples("mert export run/ -o my-mert/", "mert export run/checkpoints/checkpoint_last.pt -o my-mert/"))
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@out_option("Folder for the official layout (config.json, weights).", path_type=Path)
 @click.option("--format", "formats", multiple=True, type=click.Choice(["bin", "safetensors"]),
               help="Weight files to write (default: both).")
 @click.option("--normalize/--no-normalize", "do_normalize", default=False,
               help="do_normalize in preprocessor_config.json (MERT-v1 trains on raw audio: off).")
-def export(checkpoint: Path, out_dir: Path, formats: tuple[str, ...], do_normalize: bool) -> None:
-    """Export CHECKPOINT (a .pt file or a run folder) to OUT_DIR."""
+@verbosity
+def export(checkpoint: Path, out: Path, formats: tuple[str, ...], do_normalize: bool) -> None:
+    """Export CHECKPOINT (a .pt file or a run folder) to the official layout in the --out folder."""
     from mertkit.models.checkpoint import CheckpointError
     from mertkit.pretrain.export import ExportError, export_checkpoint
     from mertkit.pretrain.trainer import PretrainError
 
     try:
-        path = export_checkpoint(checkpoint, out_dir, formats=formats or ("bin", "safetensors"), do_normalize=do_normalize)
+        path = export_checkpoint(checkpoint, out, formats=formats or ("bin", "safetensors"), do_normalize=do_normalize)
     except (ExportError, PretrainError, CheckpointError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"exported to {path}")

@@ -5,8 +5,16 @@ import sys
 
 import click
 
+from mertkit.cli.options import (
+    BatchSize, FiniteFloat, PositiveInt, device_option, examples, max_duration_value, quiet, verbosity,
+)
 
-@click.command()
+
+@click.command(epilog=examples(
+    "mert extract songs/ --model MERT-v1-95M -o feats/",
+    "mert extract a.mp3 --model mertkit-tiny-synth -o feats/ --layers 0,4 --pool mean",
+    "mert extract catalog/ --model MERT-v1-95M --store feats.parquet/ --pool mean",
+))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--model", "-m", "model_name", required=True, help="Registry name (e.g. MERT-v1-95M), hub id, or checkpoint directory.")
 @click.option("--out", "-o", "out_dir", default=None, type=click.Path(file_okay=False, path_type=str),
@@ -17,32 +25,32 @@ import click
 @click.option("--store-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Storage dtype of the vectors in --store.")
 @click.option("--split", default=None, help="Value of the store's split column for these tracks (e.g. train).")
-@click.option("--shard-rows", type=int, default=1024, show_default=True, help="Rows per committed store shard.")
+@click.option("--shard-rows", type=PositiveInt, default=1024, show_default=True, help="Rows per committed store shard.")
 @click.option("--layers", default="all", show_default=True, help="'all' or comma-separated hidden-state indices, e.g. 0,6,12.")
 @click.option("--pool", type=click.Choice(["none", "mean", "max"]), default="none", show_default=True)
-@click.option("--window", type=float, default=None, help="Window seconds; 0 = whole file in one pass. Default: the model's pre-training context (5 s).")
-@click.option("--hop", type=float, default=None, help="Hop between windows in seconds (default: the window, no overlap).")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True,
+@click.option("--window", type=FiniteFloat(min=0), default=None, help="Window seconds; 0 = whole file in one pass. Default: the model's pre-training context (5 s).")
+@click.option("--hop", type=FiniteFloat(min=0, min_open=True), default=None, help="Hop between windows in seconds (default: the window, no overlap).")
+@click.option("--batch-size", type=BatchSize, default=8, show_default=True, help="Windows per forward pass.")
+@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Processes decoding and resampling audio while the model runs (0 = in the main process). "
                    "Worth it when the model runs on a GPU or on fewer threads than there are cores; on a CPU "
                    "whose cores all run the model, inline decoding is faster.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
               help="Autocast dtype of the forward pass.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (CUDA only; worth it for long runs).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this machine; ray: actors on a Ray cluster (needs --store and mertkit[ray]).")
 @click.option("--address", default=None, help="Ray cluster address (--engine ray); default: start a local one.")
-@click.option("--actors", type=int, default=1, show_default=True, help="Model actors (--engine ray).")
+@click.option("--actors", type=PositiveInt, default=1, show_default=True, help="Model actors (--engine ray).")
 @click.option("--revision", default=None, help="Hub revision (a pinned one is used for registry names where known).")
 @click.option("--max-duration", default=None, callback=lambda c, p, v: max_duration_value(v),
               help="Longest input in seconds, checked from the file's header before decoding "
                    "(default: 14400, 4 h); 0 or 'none': no limit.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@verbosity
 def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_rows, layers, pool, window, hop,
-            batch_size, workers, device, dtype, use_compile, engine, address, actors, revision, max_duration,
-            quiet) -> None:
+            batch_size, workers, device, dtype, use_compile, engine, address, actors, revision,
+            max_duration) -> None:
     """Extract hidden states from audio files or folders (recursed) into DIR/<file>.safetensors
     and/or pooled vectors into a Parquet feature store."""
     from mertkit.models.checkpoint import CheckpointError
@@ -52,8 +60,6 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
 
     if out_dir is None and store_dir is None:
         raise click.UsageError("give --out DIR, --store DIR, or both")
-    if workers < 0:
-        raise click.UsageError(f"--workers must be >= 0, got {workers}")
     try:
         options = ExtractOptions(layers=parse_layers(layers), pool=pool, window=window, hop=hop,
                                  batch_size=batch_size, dtype=dtype)
@@ -62,7 +68,7 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
                               split, store_dtype, max_duration)
         else:
             report = _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows,
-                                workers, device, use_compile, revision, quiet, max_duration)
+                               workers, device, use_compile, revision, max_duration)
     except (CheckpointError, ConfigError, ExtractError, StoreError) as err:
         raise click.ClickException(str(err)) from err
     targets = " and ".join(t for t in (out_dir, store_dir) if t)
@@ -74,7 +80,7 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
 
 
 def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows, workers, device,
-               use_compile, revision, quiet, max_duration):
+               use_compile, revision, max_duration):
     from mertkit.models.checkpoint import load
     from mertkit.extraction.runner import StoreOptions, run_extract
 
@@ -85,8 +91,8 @@ def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, spl
     from mertkit.extraction.engine import DTYPES
 
     # Half precision runs the weights natively (the fused CPU kernels need no autocast).
-    model = load(model_name, revision, device=_device(device), dtype=DTYPES[options.dtype])
-    return run_extract(model, inputs, out_dir, options, progress=not quiet, workers=workers, store=store,
+    model = load(model_name, revision, device=device, dtype=DTYPES[options.dtype])
+    return run_extract(model, inputs, out_dir, options, progress=not quiet(), workers=workers, store=store,
                        compile=use_compile, max_duration=max_duration)
 
 
@@ -106,28 +112,8 @@ def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, d
                            max_duration=max_duration)
 
 
-def max_duration_value(text: str | None) -> float | None:
-    """--max-duration (shared with `mert labels`): seconds, or None for no limit."""
-    from mertkit.audio import DEFAULT_MAX_DURATION, parse_max_duration
-
-    if text is None:
-        return DEFAULT_MAX_DURATION
-    try:
-        return parse_max_duration(text)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--max-duration") from None
-
-
 def _require_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401 - only checks that the extra is installed
     except ImportError as err:
         raise click.ClickException("--store needs pyarrow: pip install 'mertkit[store]'") from err
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise click.ClickException(f"--device {name}: CUDA is not available on this machine")
-    return name

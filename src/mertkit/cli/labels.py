@@ -1,6 +1,6 @@
 """`mert labels`: compute a corpus's pre-training teacher labels (EnCodec codes) offline.
 
-    mert labels --teacher encodec --weights PATH IN_DIR OUT_DIR [--device cpu] [--bandwidth 6]
+    mert labels --teacher encodec --weights PATH IN_DIR -o OUT_DIR [--device auto] [--bandwidth 6]
 
 Writes `OUT_DIR/codes/<audio>.npy` and `OUT_DIR/manifest.jsonl` (see `mertkit.pretrain.labels`),
 validates the result, prints a summary and exits with status 1 when any file failed.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from mertkit.cli.extract import max_duration_value
+from mertkit.cli.options import FiniteFloat, device_option, examples, max_duration_value, out_option, verbosity
 
 __all__ = ["labels"]
 
@@ -35,7 +35,7 @@ def _print_failures(failed: list[tuple[str, str]]) -> None:
         click.echo(f"  ... and {len(failed) - MAX_FAILURES_SHOWN} more (see the manifest)", err=True)
 
 
-@click.command("labels")
+@click.command("labels", epilog=examples("mert labels --weights encodec_24khz/ audio/ -o labels/"))
 @click.option(
     "--teacher", type=click.Choice(["encodec"]), default="encodec", show_default=True,
     help="Label teacher (MERT-v1: EnCodec 24 kHz codes).",
@@ -45,9 +45,9 @@ def _print_failures(failed: list[tuple[str, str]]) -> None:
     help="EnCodec weights: a Hugging Face facebook/encodec_24khz directory, a .safetensors file, "
     "or the original encodec_24khz-d7cc33bc.th.",
 )
-@click.option("--device", default="cpu", show_default=True, help="torch device for the teacher.")
+@device_option("Where the teacher runs.")
 @click.option(
-    "--bandwidth", type=float, default=6.0, show_default=True,
+    "--bandwidth", type=FiniteFloat(min=0, min_open=True), default=6.0, show_default=True,
     help="EnCodec bandwidth in kbps (6 -> 8 codebooks, the MERT-v1 recipe).",
 )
 @click.option(
@@ -56,10 +56,12 @@ def _print_failures(failed: list[tuple[str, str]]) -> None:
     "0 or 'none': no limit.",
 )
 @click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-def labels(teacher: str, weights: Path, device: str, bandwidth: float, max_duration: float | None, in_dir: Path,
-           out_dir: Path) -> None:
-    """Write frame-aligned teacher labels for every audio file in IN_DIR to OUT_DIR."""
+@out_option("Label folder (codes/ and manifest.jsonl).", path_type=Path)
+@verbosity
+def labels(teacher: str, weights: Path, device: str, bandwidth: float, max_duration: float | None,
+           in_dir: Path, out: Path) -> None:
+    """Write frame-aligned teacher labels for every audio file in IN_DIR to the --out folder."""
+    out_dir = out
     from mertkit.pretrain.labels import LabelsError, validate_labels, write_labels
 
     labeller = _load_teacher(weights, device, bandwidth)

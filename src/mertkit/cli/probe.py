@@ -6,20 +6,16 @@ from pathlib import Path
 
 import click
 
+from mertkit.cli.options import LearningRates, PositiveInt, Seeds, examples, out_option, verbosity
+
 
 def _parse_layer(value: str) -> int | str:
     if value in ("all", "weighted", "conv1d"):
         return value
     if value.isdigit():
         return int(value)
-    raise click.BadParameter(f"expected a layer index, 'all', 'weighted' or 'conv1d', got {value!r}")
-
-
-def _parse_numbers(value: str, kind: type, option: str) -> tuple:
-    try:
-        return tuple(kind(part) for part in value.split(",") if part.strip())
-    except ValueError as error:
-        raise click.BadParameter(f"{option}: expected comma-separated numbers, got {value!r}") from error
+    raise click.BadParameter(f"expected a layer index, 'all', 'weighted' or 'conv1d', got {value!r}",
+                             param_hint="--layers")
 
 
 def _load_task(value: str):  # type: ignore[no-untyped-def]
@@ -43,36 +39,46 @@ def _load_task(value: str):  # type: ignore[no-untyped-def]
         raise click.BadParameter(f"--task: {error}") from error
 
 
-@click.command("probe")
+@click.command("probe", epilog=examples(
+    "mert probe --features feats/ --manifest gtzan.csv --task gtzan --layers all -o results/",
+    "mert probe --features feats/ --manifest m.csv --task task.json --probe linear --lrs 1e-3,1e-2 -o results/",
+))
 @click.option("--features", "features_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of <path>.safetensors files written by `mert extract`.")
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="CSV or JSONL manifest: path, split, label/labels/targets/beats.")
 @click.option("--task", "task_value", required=True,
               help="Task JSON file, inline JSON ({\"name\", \"kind\", \"labels\", ...}) or a built-in name.")
-@click.option("--layer", default="weighted", show_default=True, help="k, all, weighted or conv1d.")
+@click.option("--layers", "layer", default="weighted", show_default=True,
+              help="Hidden states the probe reads: an index k, all (a sweep: one probe per layer), weighted or conv1d.")
+@click.option("--layer", "layer_alias", default=None, hidden=True)  # the old spelling, deprecated
 @click.option("--probe", "probe_kind", type=click.Choice(["linear", "mlp"]), default="mlp", show_default=True)
-@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-@click.option("--lrs", default="1e-4,1e-3,1e-2", show_default=True, help="Comma-separated learning rates.")
-@click.option("--epochs", default=100, show_default=True, help="Maximum epochs per run.")
-@click.option("--patience", default=10, show_default=True, help="Early-stopping patience in epochs.")
-@click.option("--batch-size", default=64, show_default=True, help="Mini-batch size; 0 for full batch.")
+@click.option("--seeds", type=Seeds, default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--lrs", type=LearningRates, default="1e-4,1e-3,1e-2", show_default=True,
+              help="Comma-separated learning rates (positive).")
+@click.option("--epochs", type=PositiveInt, default=100, show_default=True, help="Maximum epochs per run.")
+@click.option("--patience", type=PositiveInt, default=10, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--batch-size", type=click.IntRange(0, 1_000_000), default=64, show_default=True,
+              help="Mini-batch size; 0 for full batch.")
 @click.option("--model-name", default="", help="Label for the table and plot (default: from the features).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for results.json, results.md and layers.png.")
-def probe(features_dir: Path, manifest: Path, task_value: str, layer: str, probe_kind: str, seeds: str, lrs: str,
-          epochs: int, patience: int, batch_size: int, model_name: str, out_dir: Path) -> None:
+@out_option("Folder for results.json, results.md and layers.png.", path_type=Path)
+@verbosity
+def probe(features_dir: Path, manifest: Path, task_value: str, layer: str, layer_alias: str | None, probe_kind: str,
+          seeds: tuple[int, ...], lrs: tuple[float, ...], epochs: int, patience: int, batch_size: int, model_name: str,
+          out: Path) -> None:
     """Train probes on cached features and report test scores."""
     from mertkit.eval.datasets import DatasetError, read_manifest
     from mertkit.eval.features import from_safetensors_dir
     from mertkit.eval.probes import ProbeConfig, ProbeError, run_probe
     from mertkit.eval.report import write_report
 
+    if layer_alias is not None:
+        click.echo("--layer is deprecated: use --layers", err=True)
+        layer = layer_alias
     task = _load_task(task_value)
     try:
         cfg = ProbeConfig(
-            kind=probe_kind, layer=_parse_layer(layer), lrs=_parse_numbers(lrs, float, "--lrs"),
-            seeds=_parse_numbers(seeds, int, "--seeds"), max_epochs=epochs, patience=patience,
+            kind=probe_kind, layer=_parse_layer(layer), lrs=lrs, seeds=seeds, max_epochs=epochs, patience=patience,
             batch_size=batch_size or None,
         )
         records = read_manifest(manifest, task, check_files=False)  # audio is not needed, only features
@@ -81,7 +87,7 @@ def probe(features_dir: Path, manifest: Path, task_value: str, layer: str, probe
     except (DatasetError, ProbeError) as error:
         raise click.ClickException(str(error)) from error
     model = model_name or str(data.meta.get("model") or features_dir.name)
-    paths = write_report([result], out_dir, model)
+    paths = write_report([result], out, model)
     click.echo(f"{task.name}: {task.metric} = {100 * result.score:.1f} ± {100 * result.test_std[task.metric]:.1f} (×100)")
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")

@@ -73,6 +73,9 @@ class ProbeConfig:
             raise ProbeError(f"layer must be an int, 'all', 'weighted' or 'conv1d', got {self.layer!r}")
         if not self.lrs or not self.seeds:
             raise ProbeError("need at least one learning rate and one seed")
+        bad_lrs = [lr for lr in self.lrs if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0)]
+        if bad_lrs:
+            raise ProbeError(f"learning rates must be positive finite numbers, got {bad_lrs}")
         if self.max_epochs < 1 or self.patience < 1:
             raise ProbeError("max_epochs and patience must be positive")
         if self.batch_size is not None and self.batch_size < 1:
@@ -366,10 +369,22 @@ def _check_inputs(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> None
             raise ProbeError(f"{task.kind} task {task.name!r}: {name} features must be {shape}, got {split.x.shape}")
         if split.x.shape[1:2] != data.train.x.shape[1:2] or split.x.shape[-1] != data.width:
             raise ProbeError(f"{name} features {split.x.shape} do not match train {data.train.x.shape}")
+        _check_finite(split, name, data.meta.get("source"))
     if isinstance(cfg.layer, int) and not 0 <= cfg.layer < data.num_layers:
         raise ProbeError(f"layer {cfg.layer} is out of range for {data.num_layers} hidden states")
     if task.kind == "multiclass":
         _check_class_ids(data, task)
+
+
+def _check_finite(split: SplitData, name: str, source: object) -> None:
+    """A NaN or Inf feature would train a probe that still reports a score: refuse it, naming
+    the examples (the manifest paths whose feature files hold them)."""
+    rows = ~np.isfinite(split.x.reshape(len(split.x), -1)).all(axis=1)
+    if rows.any():
+        bad = [split.ids[i] for i in np.flatnonzero(rows)]
+        where = f" in {source}" if source else ""
+        more = f" ... ({len(bad)} in all)" if len(bad) > 5 else ""
+        raise ProbeError(f"non-finite (NaN or Inf) features{where} for {name} example(s): {', '.join(bad[:5])}{more}")
 
 
 def _check_class_ids(data: FeatureSplits, task: TaskSpec) -> None:

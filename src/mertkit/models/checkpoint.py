@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from mertkit.models.hubert.config import ConfigError, MertConfig
+from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_object, weight_shapes
 from mertkit.models.hubert.model import MertModel
-from mertkit.models.registry import ModelCard, lookup
+from mertkit.models.registry import ModelCard, asset_dir, lookup
 
 # Weight-norm tensors of the positional conv: newer torch/transformers save the
 # parametrisation's names, the hub files the legacy ones. Both map to ours.
@@ -72,10 +73,14 @@ def load(
     """Load a MERT-family model in eval mode; `model.info` says what it is and expects."""
     directory, card, revision = resolve(name_or_path, revision, cache_dir=cache_dir, local_files_only=local_files_only)
     config = MertConfig.from_json(directory / "config.json")
+    info = _info(directory, config, card, revision)
+    # Config and weights are checked against each other before the model is built, so a
+    # config that disagrees with its weights never costs the memory of the model it describes.
+    state = to_mertkit_names(read_state_dict(directory))
+    check_weights(weight_shapes(config), state, source=str(directory))
     model = MertModel(config)
-    state = read_state_dict(directory)
-    load_state_dict_strict(model, state, source=str(directory))
-    model.info = _info(directory, config, card, revision)
+    model.load_state_dict(_as_float32(state), strict=True)
+    model.info = info
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -94,6 +99,8 @@ def resolve(
         raise CheckpointError(f"{path}: expected a checkpoint directory (config.json + weights), got a file")
     name = str(name_or_path)
     card = lookup(name)
+    if card is not None and card.asset is not None:
+        return _shipped(card), card, None
     hub_id = card.hub_id if card else name
     if card is None and name.count("/") != 1:
         raise CheckpointError(
@@ -103,6 +110,14 @@ def resolve(
     if revision is None and card is not None:
         revision = card.revision
     return _snapshot(hub_id, revision, cache_dir, local_files_only), card, revision
+
+
+def _shipped(card: ModelCard) -> Path:
+    """The directory of a model that ships inside the package."""
+    directory = asset_dir(card)
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{card.name}: the shipped model is missing from this installation ({directory})")
+    return directory
 
 
 def _known_names() -> list[str]:
@@ -133,22 +148,23 @@ def _snapshot(hub_id: str, revision: str | None, cache_dir, local_files_only: bo
 
 def _config_name(directory: Path) -> str | None:
     try:
-        return json.loads((directory / "config.json").read_text()).get("_name_or_path") or None
+        data = json.loads((directory / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None  # MertConfig.from_json reports the real problem right after
+    name = data.get("_name_or_path") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _info(directory: Path, config: MertConfig, card: ModelCard | None, revision: str | None) -> LoadedInfo:
     do_normalize = card.do_normalize if card else True
     pre = directory / "preprocessor_config.json"
     if pre.is_file():
-        try:
-            data = json.loads(pre.read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{pre}: not valid JSON ({err})") from err
-        do_normalize = bool(data.get("do_normalize", do_normalize))
+        data = read_json_object(pre, CheckpointError)
+        do_normalize = data.get("do_normalize", do_normalize)
+        if not isinstance(do_normalize, bool):
+            raise CheckpointError(f"{pre}: do_normalize must be true or false, got {do_normalize!r}")
         rate = data.get("sampling_rate")
-        if rate is not None and int(rate) != config.sample_rate:
+        if rate is not None and rate != config.sample_rate:
             raise CheckpointError(f"{pre}: sampling_rate {rate} disagrees with config.json sample_rate {config.sample_rate}")
     return LoadedInfo(
         name=card.name if card else (_config_name(directory) or directory.name),
@@ -204,10 +220,9 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def _read_sharded(index_path: Path, kind: str) -> dict[str, Tensor]:
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise CheckpointError(f"{index_path}: not a valid shard index ({err})") from err
+    weight_map = read_json_object(index_path, CheckpointError).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path}: not a valid shard index (no 'weight_map' of tensor -> file names)")
     state: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
@@ -236,12 +251,16 @@ def to_mertkit_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def state_dict_mismatches(expected: dict[str, Tensor], state: dict[str, Tensor], limit: int = 20) -> list[str]:
     """What keeps `state` from loading into a model whose state dict is `expected`: missing,
     unexpected and wrongly shaped tensors, each named. Empty when everything fits."""
+    return _shape_problems({name: tuple(t.shape) for name, t in expected.items()}, state, limit)
+
+
+def _shape_problems(expected: Mapping[str, Sequence[int]], state: Mapping[str, Tensor], limit: int) -> list[str]:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
         for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
+        if tuple(state[k].shape) != tuple(expected[k])
     )
     problems = []
     for label, names in (("missing tensors", missing), ("unexpected tensors", unexpected),
@@ -252,13 +271,30 @@ def state_dict_mismatches(expected: dict[str, Tensor], state: dict[str, Tensor],
     return problems
 
 
-def load_state_dict_strict(model: MertModel, state: dict[str, Tensor], *, source: str) -> None:
-    """Copy `state` into `model`, or fail naming every tensor that does not fit."""
-    state = to_mertkit_names(state)
-    problems = state_dict_mismatches(model.state_dict(), state)
+def check_weights(expected: Mapping[str, Sequence[int]], state: Mapping[str, Tensor], *, source: str,
+                  limit: int = 20) -> None:
+    """Refuse weights that do not fit the expected name -> shape table, or that hold NaN or
+    Inf, naming the tensors. Any model family can call it with its own table, before building
+    the model (`weight_shapes(config)` for the HuBERT family)."""
+    problems = _shape_problems(expected, state, limit)
     if problems:
         raise CheckpointError(f"{source}: checkpoint does not match the config — " + " | ".join(problems))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    # NaN or Inf weights would give non-finite features for every input, silently.
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        more = f" ... ({len(bad)} in all)" if len(bad) > limit else ""
+        raise CheckpointError(f"{source}: non-finite values (NaN or Inf) in tensors: {', '.join(sorted(bad)[:limit])}{more}")
+
+
+def load_state_dict_strict(model: MertModel, state: dict[str, Tensor], *, source: str) -> None:
+    """Copy `state` into `model`, or fail naming every tensor that does not fit or is not finite."""
+    state = to_mertkit_names(state)
+    check_weights({name: tuple(t.shape) for name, t in model.state_dict().items()}, state, source=source)
+    model.load_state_dict(_as_float32(state), strict=True)
+
+
+def _as_float32(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -305,4 +341,4 @@ def preprocessor_config(config: MertConfig, do_normalize: bool) -> dict:
     }
 
 
-__all__ = ["CheckpointError", "ConfigError", "LoadedInfo", "load", "read_state_dict", "save_pretrained"]
+__all__ = ["CheckpointError", "ConfigError", "LoadedInfo", "check_weights", "load", "read_state_dict", "save_pretrained"]

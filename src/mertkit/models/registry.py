@@ -1,12 +1,18 @@
-"""The five published checkpoints and the input contract each one carries.
+"""The five published checkpoints, the model mertkit ships, and the input contract each carries.
 
 Like open_clip's pretrained table: a name resolves to where the weights live (hub id and,
-where known, a pinned revision) and to what the model expects (sample rate, frame rate,
-hidden states, whether inputs are normalised) so callers never guess.
+where known, a pinned revision, or a folder inside the package) and to what the model expects
+(sample rate, frame rate, hidden states, whether inputs are normalised) so callers never guess.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+
+# The model inside the package: the offline default of `mert demo`, `mert eval` and mertkit.hear.
+SHIPPED_MODEL = "mertkit-tiny-synth"
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,7 @@ class ModelCard:
     do_normalize: bool  # default when the checkpoint has no preprocessor_config.json
     context_seconds: float  # pre-training crop length: the natural extraction window
     license: str = "CC-BY-NC-4.0"
+    asset: str | None = None  # folder under mertkit/assets for a model that ships with the package
 
 
 PRETRAINED: dict[str, ModelCard] = {
@@ -32,6 +39,8 @@ PRETRAINED: dict[str, ModelCard] = {
         ModelCard("MERT-v0-public", "m-a-p/MERT-v0-public", None, 16000, 50.0, 13, True, 5.0),
         ModelCard("MERT-v0", "m-a-p/MERT-v0", None, 16000, 50.0, 13, True, 5.0),
         ModelCard("music2vec-v1", "m-a-p/music2vec-v1", None, 16000, 50.0, 13, True, 30.0),
+        # Pre-trained by mertkit itself (see README): works offline, not a research model.
+        ModelCard(SHIPPED_MODEL, None, None, 24000, 75.0, 5, False, 5.0, license="Apache-2.0", asset="model"),
     )
 }
 
@@ -40,6 +49,13 @@ def lookup(name: str) -> ModelCard | None:
     """A registry entry by short name ("MERT-v1-95M") or hub id ("m-a-p/MERT-v1-95M"), any case."""
     key = name.lower()
     for card in PRETRAINED.values():
-        if key in (card.name.lower(), (card.hub_id or "").lower()):
+        if key == card.name.lower() or (card.hub_id is not None and key == card.hub_id.lower()):
             return card
     return None
+
+
+def asset_dir(card: ModelCard) -> Path:
+    """Where the files of a model that ships with the package are (`card.asset` is set)."""
+    if card.asset is None:
+        raise ValueError(f"{card.name} does not ship with mertkit")
+    return Path(str(resources.files("mertkit") / "assets" / card.asset))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,29 @@ SUPPORTED_MODEL_TYPES = HUBERT_TYPES + DATA2VEC_TYPES
 
 # HuBERT and data2vec were released at 16 kHz; MERT-v1 configs state their 24 kHz explicitly.
 DEFAULT_SAMPLE_RATE = 16000
+
+# Bounds of the integer fields. The maxima are far above every released model (the largest,
+# MERT-v1-330M, has 24 layers of width 1024): they exist so that a broken or hostile config is
+# refused before any memory is spent on the model it describes.
+_INT_RANGES = {
+    "hidden_size": (1, 16384),
+    "num_hidden_layers": (1, 512),
+    "num_attention_heads": (1, 1024),
+    "intermediate_size": (1, 65536),
+    "num_conv_pos_embeddings": (1, 1024),
+    "num_conv_pos_embedding_groups": (1, 16384),
+    "conv_pos_kernel_size": (1, 1024),
+    "sample_rate": (1000, 768000),
+    "mask_time_length": (1, 100000),
+    "mask_time_min_masks": (0, 100000),
+}
+_CONV_RANGES = {"conv_dim": (1, 16384), "conv_kernel": (1, 4096), "conv_stride": (1, 4096)}
+_MAX_CONV_LAYERS = 32
+_PROBABILITIES = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "layerdrop",
+                  "mask_time_prob")
+_BOOLS = ("conv_bias", "feat_proj_layer_norm", "do_stable_layer_norm")
+# 10 billion parameters: 30 times MERT-v1-330M, 40 GB in float32.
+MAX_PARAMETERS = 10_000_000_000
 
 
 class ConfigError(ValueError):
@@ -110,6 +134,10 @@ class MertConfig:
             length = (length - kernel) // stride + 1
         return length
 
+    def num_parameters(self) -> int:
+        """Parameters of the model this config describes, counted from its weight shapes."""
+        return sum(math.prod(shape) for shape in weight_shapes(self).values())
+
     # ---- validation ------------------------------------------------------------------
     def validate(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -117,6 +145,38 @@ class MertConfig:
                 f"model_type {self.model_type!r} is not a MERT-family type; "
                 f"expected one of {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        self._validate_types_and_ranges()
+        self._validate_architecture()
+        if self.num_parameters() > MAX_PARAMETERS:
+            raise ConfigError(
+                f"describes a model of {self.num_parameters():,} parameters, more than the {MAX_PARAMETERS:,} "
+                "mertkit accepts (MERT-v1-330M has 330 million)"
+            )
+
+    def _validate_types_and_ranges(self) -> None:
+        """Every number the architecture depends on: the right JSON type, inside its bounds."""
+        for name, (low, high) in _INT_RANGES.items():
+            _check_int(name, getattr(self, name), low, high)
+        for name, (low, high) in _CONV_RANGES.items():
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or not 1 <= len(values) <= _MAX_CONV_LAYERS:
+                raise ConfigError(f"{name} must be a list of 1 to {_MAX_CONV_LAYERS} integers, got {values!r}")
+            for value in values:
+                _check_int(name, value, low, high)
+        for name in _PROBABILITIES:
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+        if not _is_number(self.layer_norm_eps) or not 0.0 < self.layer_norm_eps < 1.0:
+            raise ConfigError(f"layer_norm_eps must be a number in (0, 1), got {self.layer_norm_eps!r}")
+        for name in _BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        mask_feature_prob = self.extra.get("mask_feature_prob", 0)
+        if not _is_number(mask_feature_prob) or not 0.0 <= mask_feature_prob <= 1.0:
+            raise ConfigError(f"mask_feature_prob must be a number in [0, 1], got {mask_feature_prob!r}")
+
+    def _validate_architecture(self) -> None:
         if not (len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)):
             raise ConfigError("conv_dim, conv_kernel and conv_stride must have the same length")
         if self.feat_extract_norm not in ("group", "layer"):
@@ -156,7 +216,7 @@ class MertConfig:
         values["extra"] = {k: v for k, v in data.items() if k not in known}
         try:
             return cls(**values)
-        except TypeError as err:  # a field of the wrong JSON type
+        except (ConfigError, TypeError) as err:  # TypeError: a field of the wrong JSON type
             raise ConfigError(f"{source}: {err}") from err
 
     @classmethod
@@ -178,6 +238,69 @@ class MertConfig:
 
     def replace(self, **changes: Any) -> MertConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def weight_shapes(config: MertConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor the model of `config` loads, in mertkit's names.
+
+    Computed from the config alone, so that a checkpoint's weight files can be checked against
+    it before any model is built (`checkpoint.check_weights`). tests/test_checkpoint.py checks
+    it against `MertModel(config).state_dict()` for every layout.
+    """
+    hidden, conv_out = config.hidden_size, config.conv_dim[-1]
+    shapes: dict[str, tuple[int, ...]] = {}
+    in_dim = 1
+    for i, (dim, kernel) in enumerate(zip(config.conv_dim, config.conv_kernel)):
+        prefix = f"feature_extractor.conv_layers.{i}."
+        shapes[prefix + "conv.weight"] = (dim, in_dim, kernel)
+        if config.conv_bias:
+            shapes[prefix + "conv.bias"] = (dim,)
+        if config.feat_extract_norm == "layer" or i == 0:
+            shapes[prefix + "layer_norm.weight"] = shapes[prefix + "layer_norm.bias"] = (dim,)
+        in_dim = dim
+    if config.feat_proj_layer_norm:
+        shapes["feature_projection.layer_norm.weight"] = shapes["feature_projection.layer_norm.bias"] = (conv_out,)
+    shapes["feature_projection.projection.weight"] = (hidden, conv_out)
+    shapes["feature_projection.projection.bias"] = (hidden,)
+    if config.mask_time_prob > 0 or config.extra.get("mask_feature_prob", 0) > 0:
+        shapes["masked_spec_embed"] = (hidden,)
+    group_width = hidden // config.num_conv_pos_embedding_groups
+    if config.is_data2vec:
+        for j in range(config.num_conv_pos_embeddings):
+            shapes[f"encoder.pos_conv_embed.layers.{j}.conv.weight"] = (hidden, group_width, config.conv_pos_kernel_size)
+            shapes[f"encoder.pos_conv_embed.layers.{j}.conv.bias"] = (hidden,)
+    else:
+        kernel = config.num_conv_pos_embeddings
+        shapes["encoder.pos_conv_embed.conv.weight_g"] = (1, 1, kernel)
+        shapes["encoder.pos_conv_embed.conv.weight_v"] = (hidden, group_width, kernel)
+        shapes["encoder.pos_conv_embed.conv.bias"] = (hidden,)
+    shapes["encoder.layer_norm.weight"] = shapes["encoder.layer_norm.bias"] = (hidden,)
+    for layer in range(config.num_hidden_layers):
+        shapes.update(_layer_shapes(f"encoder.layers.{layer}.", hidden, config.intermediate_size))
+    return shapes
+
+
+def _layer_shapes(prefix: str, hidden: int, intermediate: int) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        shapes[f"{prefix}attention.{proj}.weight"] = (hidden, hidden)
+        shapes[f"{prefix}attention.{proj}.bias"] = (hidden,)
+    for norm in ("layer_norm", "final_layer_norm"):
+        shapes[f"{prefix}{norm}.weight"] = shapes[f"{prefix}{norm}.bias"] = (hidden,)
+    shapes[f"{prefix}feed_forward.intermediate_dense.weight"] = (intermediate, hidden)
+    shapes[f"{prefix}feed_forward.intermediate_dense.bias"] = (intermediate,)
+    shapes[f"{prefix}feed_forward.output_dense.weight"] = (hidden, intermediate)
+    shapes[f"{prefix}feed_forward.output_dense.bias"] = (hidden,)
+    return shapes
 
 
 # Fields that appear in official configs and would change inference if set: we accept the
