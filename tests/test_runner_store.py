@@ -120,7 +120,7 @@ def test_missing_file_is_reported_in_store_mode(model, audio, tmp_path):
     report = run_extract(model, [audio / "a.wav", audio / "gone.wav"], None, OPTIONS, progress=False,
                          store=StoreOptions(tmp_path / "s"))
     assert report.done == [str(audio / "a.wav")]
-    assert report.failed[0][0] == str(audio / "gone.wav") and "gone.wav" in report.failed[0][1]
+    assert report.failed[0][0] == str(audio / "gone.wav") and "No such file" in report.failed[0][1]
 
 
 # ----------------------------------------------------------------------------- SIGKILL resume
@@ -195,7 +195,7 @@ def test_engine_ray_dispatches_to_the_ray_engine(ckpt, audio, tmp_path, monkeypa
     calls = []
 
     def fake_run(model_name, inputs, store_dir, options, *, address, num_actors, device, revision, split, store_dtype,
-                 max_duration):
+                 max_duration, progress):
         from mertkit.extraction.runner import RunReport
 
         calls.append((model_name, inputs, store_dir, options, address, num_actors, device, revision, split, store_dtype,

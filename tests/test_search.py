@@ -1,6 +1,7 @@
 """Tests for mertkit.store.search and the `mert search` command."""
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -11,7 +12,6 @@ import pytest
 pytest.importorskip("pyarrow")
 from click.testing import CliRunner
 
-import mertkit
 import mertkit.store.search as search_module
 from mertkit.cli.search import search as search_command
 from mertkit.store.search import SearchError, SearchIndex, search
@@ -153,7 +153,9 @@ def test_auto_method_uses_chunked_for_large_stores_without_faiss(
 
 
 def parse_output(text: str) -> list[tuple[str, float]]:
-    rows = [line.split("\t") for line in text.strip().splitlines()]
+    header, *lines = text.strip().splitlines()
+    assert header.split("\t") == ["rank", "score", "path"]
+    rows = [line.split("\t") for line in lines]
     assert [int(rank) for rank, _, _ in rows] == list(range(1, len(rows) + 1))
     return [(path, float(score)) for _, score, path in rows]
 
@@ -176,28 +178,44 @@ def test_cli_with_query_vector(store_dir: Path, tmp_path_factory: pytest.TempPat
 def test_cli_embeds_query_audio_with_the_store_model(
     store_dir: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mertkit.extraction import provenance
+
     audio = tmp_path_factory.mktemp("audio") / "query.wav"
-    audio.write_bytes(b"RIFF")  # never decoded: embed_file is replaced below
+    audio.write_bytes(b"RIFF")  # never decoded: the embedding is replaced below
     calls = []
 
-    def fake_load(name: str) -> str:
-        calls.append(("load", name))
+    def fake_model_for_store(meta, model, *, device):
+        calls.append(("load", meta.model, model, device))
         return "model-object"
 
-    def fake_embed_file(model, path, *, layers, pool, window):
-        calls.append(("embed", model, Path(path), tuple(layers), pool, window))
+    def fake_embed(model, meta, path):
+        calls.append(("embed", model, Path(path), tuple(meta.layers), meta.pooling, meta.window))
         return vectors_of(4)
 
-    monkeypatch.setattr(mertkit, "load", fake_load, raising=False)
-    monkeypatch.setitem(sys.modules, "mertkit.extraction.engine",
-                        types.SimpleNamespace(embed_file=fake_embed_file))
+    monkeypatch.setattr(provenance, "model_for_store", fake_model_for_store)
+    monkeypatch.setattr(provenance, "embed_like_store", fake_embed)
     result = CliRunner().invoke(
         search_command, ["--store", str(store_dir), str(audio), "--layer", "1", "-k", "2"]
     )
     assert result.exit_code == 0, result.output
-    assert calls == [("load", "tiny/test-model"), ("embed", "model-object", audio, LAYERS, "mean", 2.5)]
+    assert calls == [("load", "tiny/test-model", None, "cpu"), ("embed", "model-object", audio, LAYERS, "mean", 2.5)]
     (path, score), _ = parse_output(result.output)
     assert path == "t04.wav" and score == pytest.approx(1.0, abs=1e-5)
+    as_json = CliRunner().invoke(
+        search_command, ["--store", str(store_dir), str(audio), "--layer", "1", "-k", "2", "--json", "-m", "X"]
+    )
+    assert as_json.exit_code == 0, as_json.output
+    parsed = json.loads(as_json.output)
+    assert parsed["layer"] == 1 and [h["rank"] for h in parsed["hits"]] == [1, 2]
+    assert parsed["hits"][0]["path"] == "t04.wav" and parsed["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert calls[-2][2] == "X"  # --model reaches the loader
+
+
+def test_cli_store_without_a_model_record_asks_for_model(store_dir: Path, tmp_path: Path) -> None:
+    audio = tmp_path / "q.wav"
+    audio.write_bytes(b"RIFF")
+    result = CliRunner().invoke(search_command, ["--store", str(store_dir), str(audio)])
+    assert result.exit_code == 1 and "--model" in result.output and "Traceback" not in result.output
 
 
 def test_cli_usage_errors(store_dir: Path) -> None:

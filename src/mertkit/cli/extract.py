@@ -42,7 +42,8 @@ from mertkit.cli.options import (
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this machine; ray: actors on a Ray cluster (needs --store and mertkit[ray]).")
 @click.option("--address", default=None, help="Ray cluster address (--engine ray); default: start a local one.")
-@click.option("--actors", type=PositiveInt, default=1, show_default=True, help="Model actors (--engine ray).")
+@click.option("--actors", type=PositiveInt, default=None,
+              help="Model actors (--engine ray). Default: one per GPU, else one per 4 CPU cores.")
 @click.option("--revision", default=None, help="Hub revision (a pinned one is used for registry names where known).")
 @click.option("--max-duration", default=None, callback=lambda c, p, v: max_duration_value(v),
               help="Longest input in seconds, checked from the file's header before decoding "
@@ -81,17 +82,18 @@ def extract(inputs, model_name, out_dir, store_dir, store_dtype, split, shard_ro
 
 def _run_local(model_name, inputs, out_dir, options, store_dir, store_dtype, split, shard_rows, workers, device,
                use_compile, revision, max_duration):
-    from mertkit.models.checkpoint import load
-    from mertkit.extraction.runner import StoreOptions, run_extract
+    from mertkit.extraction.runner import StoreOptions, check_output_dir, load_for_extraction, run_extract
+    from mertkit.store.parquet import check_writable
 
     store = None
     if store_dir is not None:
         _require_pyarrow()
         store = StoreOptions(store_dir, dtype=store_dtype, split=split, rows_per_shard=shard_rows)
-    from mertkit.extraction.engine import DTYPES
-
+        check_writable(store_dir)
+    if out_dir is not None:
+        check_output_dir(out_dir)  # before the model loads: a read-only or bad folder is one line
     # Half precision runs the weights natively (the fused CPU kernels need no autocast).
-    model = load(model_name, revision, device=device, dtype=DTYPES[options.dtype])
+    model = load_for_extraction(model_name, revision, device=device, dtype=options.dtype)
     return run_extract(model, inputs, out_dir, options, progress=not quiet(), workers=workers, store=store,
                        compile=use_compile, max_duration=max_duration)
 
@@ -109,7 +111,7 @@ def _run_ray(model_name, inputs, out_dir, store_dir, options, address, actors, d
         raise click.ClickException(f"--engine ray needs ray: pip install 'mertkit[ray]' ({err})") from err
     return run_ray_extract(model_name, list(inputs), store_dir, options, address=address, num_actors=actors,
                            device=device, revision=revision, split=split, store_dtype=store_dtype,
-                           max_duration=max_duration)
+                           max_duration=max_duration, progress=not quiet())
 
 
 def _require_pyarrow() -> None:

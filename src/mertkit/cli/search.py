@@ -1,11 +1,14 @@
 """`mert search`: find the tracks in a feature store that sound most like a query.
 
-The query is embedded with the model and pooling recorded in the store's metadata, so query
-and stored vectors are comparable; ``--query-vector`` takes a precomputed [width] or
-[L, width] ``.npy`` instead (no model needed).
+The query audio is embedded with the model the store was written with (the checkpoint
+directory the store recorded, else its registry name, or `--model`; the weights must match the
+store's fingerprint), with the store's layers, pooling, window, compute dtype and
+normalisation, so query and stored vectors are comparable. ``--query-vector`` takes a
+precomputed [width] or [L, width] ``.npy`` instead (no model needed).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -21,16 +24,11 @@ def _load_query_vector(path: Path) -> np.ndarray:
         raise click.BadParameter(f"{path}: not a readable .npy array: {error}") from error
 
 
-def _embed_query(store: object, audio: Path) -> np.ndarray:
-    """Embed ``audio`` with the store's model, layers, pooling and window, so that the query is
-    made exactly like the stored track vectors."""
-    import mertkit
-    from mertkit.extraction.engine import embed_file
+def _embed_query(store: object, audio: Path, model: str | None, device: str) -> np.ndarray:
+    from mertkit.extraction.provenance import embed_like_store, model_for_store
 
     meta = store.meta  # type: ignore[attr-defined]
-    model = mertkit.load(meta.model)
-    vectors = embed_file(model, audio, layers=tuple(meta.layers), pool=meta.pooling, window=meta.window)
-    return np.asarray(vectors)
+    return embed_like_store(model_for_store(meta, model, device=device), meta, audio)
 
 
 @click.command("search")
@@ -61,6 +59,11 @@ def _embed_query(store: object, audio: Path) -> np.ndarray:
     help="Search back-end (faiss needs mertkit[search]).",
 )
 @click.option("--split", default=None, help="Only search tracks of this split.")
+@click.option("--model", "-m", "model", default=None,
+              help="Model to embed QUERY_AUDIO with [default: the one the store records]; its weights must be "
+                   "the store's.")
+@click.option("--device", default="cpu", show_default=True, help="Device to embed QUERY_AUDIO on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 def search(
     store_dir: Path,
     query_audio: Path | None,
@@ -69,23 +72,36 @@ def search(
     layer: int | None,
     method: str,
     split: str | None,
+    model: str | None,
+    device: str,
+    as_json: bool,
 ) -> None:
-    """Print the K stored tracks most similar to QUERY_AUDIO: rank, cosine score, path."""
+    """Print the K stored tracks most similar to QUERY_AUDIO: rank, cosine score, path.
+
+    Example: mert search --store feats.parquet/ query.mp3 -k 10 --layer 7
+    """
     import mertkit.store.search as search_module
     from mertkit import store as store_module
+    from mertkit.audio import AudioError
+    from mertkit.extraction.engine import ExtractError
 
     if (query_audio is None) == (query_vector is None):
         raise click.UsageError("give exactly one of QUERY_AUDIO or --query-vector")
     try:
         store = store_module.open(store_dir)
-        query = _load_query_vector(query_vector) if query_vector else _embed_query(store, query_audio)
         chosen_layer = store.meta.layers[-1] if layer is None else layer
+        query = (_load_query_vector(query_vector) if query_vector
+                 else _embed_query(store, query_audio, model, device))
         results = search_module.search(
             store, query, layer=chosen_layer, k=k, method=method, split=split
         )
-    except (store_module.StoreError, search_module.SearchError, ImportError) as error:
+    except (store_module.StoreError, search_module.SearchError, ExtractError, AudioError, ImportError) as error:
         raise click.ClickException(str(error)) from error
+    if as_json:
+        hits = [{"rank": rank, "score": score, "path": path} for rank, (path, score) in enumerate(results, 1)]
+        click.echo(json.dumps({"store": str(store_dir), "layer": chosen_layer, "hits": hits}, indent=1))
+        return
     if not results:
         click.echo("no tracks in the store", err=True)
         return
-    click.echo(search_module.format_results(results))
+    click.echo(search_module.format_results(results, header=True))

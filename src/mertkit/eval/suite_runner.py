@@ -442,7 +442,7 @@ def extract_model_features(
         except ExtractError as error:
             raise SuiteRunError(f"{task.folder}: extraction failed ({error})") from error
         if report.failed:
-            first = "; ".join(reason for _, reason in report.failed[:3])
+            first = "; ".join(f"{path}: {reason}" for path, reason in report.failed[:3])
             raise SuiteRunError(f"{task.folder}: {len(report.failed)} clips failed to extract: {first}")
         log(f"  {len(report.done)} extracted, {len(report.skipped)} reused from the cache")
     return dirs

@@ -106,6 +106,9 @@ def _decode_one(path: str, sample_rate: int, limits: tuple) -> Iterator[tuple[st
     except AudioError as err:
         yield FAILED, str(err)
         return
+    except (OSError, UnicodeError) as err:  # this file's problem (unreadable, an unencodable name), not the run's
+        yield FAILED, f"{path}: cannot read ({getattr(err, 'strerror', None) or err})"
+        return
     yield END, None
 
 

@@ -3,13 +3,19 @@ the local path, filled by a cluster.
 
 The dataflow, one file per row:
 
-    driver      discover_inputs -> hash_file -> drop tracks the store already holds
+    driver      discover_inputs (special files refused) -> hash -> drop tracks the store holds
     CPU tasks   decode + resample (mertkit.audio.load_audio); a bad file becomes an error row
-    actors      a fixed pool (ActorPoolStrategy), each loads the model once and runs Extractor
-                over a few files at a time (their windows share batches); one GPU per actor
-                with device="cuda", else `threads_per_actor` CPU threads each
+    actors      a fixed pool (ActorPoolStrategy), each loads the model once, exactly as the
+                local engine does (`runner.load_for_extraction`: bf16 weights for bf16), and
+                runs Extractor over a few files at a time (their windows share batches); one GPU
+                per actor with device="cuda", else `threads_per_actor` CPU threads each
+                (default: one actor per GPU, else one per THREADS_PER_CPU_ACTOR cores)
     driver      iterates the results and writes them with FeatureStoreWriter (it holds the
                 store's lock: there is exactly one writer, as the store requires)
+
+Every per-file problem is an error row reported for that file alone (a decode error,
+non-finite features, a file changed while the run read it), exactly as in the local runner;
+a failure of Ray itself is one line (RayEngineError), not a remote traceback.
 
 Only the driver touches the store, so kill -9 safety is the store's own: a rerun skips every
 committed track and redoes the rest.
@@ -31,8 +37,23 @@ from typing import Any
 import numpy as np
 
 from mertkit.audio import DEFAULT_MAX_DURATION
-from mertkit.extraction.engine import Extractor, ExtractOptions, JobFailure
-from mertkit.extraction.runner import InputFile, RunReport, discover_inputs, store_meta
+from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions, JobFailure
+from mertkit.extraction.runner import (
+    AudioProgress,
+    InputFile,
+    RunReport,
+    _Hashed,
+    _reason,
+    changed_reason,
+    discover_inputs,
+    fail_uncommitted,
+    hash_inputs,
+    load_for_extraction,
+    nonfinite_reason,
+    store_meta,
+    stored_conflict,
+)
+from mertkit.fileio import terminate_raises
 
 __all__ = ["RayEngineError", "run_ray_extract"]
 
@@ -45,12 +66,15 @@ DECODE_CPUS = 1
 # on its own CPU tasks instead of being folded into the model actors.
 DECODE_TASK_CPUS = 0.5
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
+# Default CPU actors: one model replica per this many cores. Fewer, wider replicas keep the
+# memory of one model copy per replica down and run as fast per core.
+THREADS_PER_CPU_ACTOR = 4
 # Ray reads this when it is imported: false makes it resolve the node address to loopback.
 _RAY_CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-class RayEngineError(ValueError):
-    """Options or a cluster that the Ray engine cannot work with."""
+class RayEngineError(ExtractError):
+    """Options or a cluster that the Ray engine cannot work with; a failure of Ray itself."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,34 +99,37 @@ def run_ray_extract(
 ) -> RunReport:
     """Extract pooled features of every input into the Parquet store at `store_dir` on Ray.
 
-    `num_actors` model replicas (default: one per GPU with device="cuda", else 2). Tracks
-    already in the store are skipped; a file that cannot be decoded or is too short is
-    reported in `RunReport.failed` and the others still finish; so is a file longer than
-    `max_duration` seconds (None: no limit).
+    `num_actors` model replicas (default: one per GPU with device="cuda", else one per
+    THREADS_PER_CPU_ACTOR cores). Tracks already in the store are skipped; a file that fails
+    is reported in `RunReport.failed` and the others still finish and are committed; so is a
+    file longer than `max_duration` seconds (None: no limit).
     """
-    from mertkit.models.checkpoint import load
     from mertkit.store.parquet import FeatureStoreWriter
 
     _check_request(options, device, num_actors, threads_per_actor, files_per_batch)
     # The driver loads the model once, on the CPU, only to fix the store's settings exactly as
-    # the actors will see them (name, window default, layers), with the local path's own
-    # runner.store_meta so that both engines write interchangeable stores; it is freed here.
-    model = load(model_name, revision)
+    # the actors will see them (fingerprint, compute dtype, window default, layers), with the
+    # local path's own loader and runner.store_meta, so that both engines write
+    # interchangeable stores; it is freed here.
+    model = load_for_extraction(model_name, revision, dtype=options.dtype)
     meta = store_meta(model, Extractor(model, options), store_dtype)
     sample_rate = model.config.sample_rate
     del model
     report = RunReport()
-    with FeatureStoreWriter(store_dir, meta) as writer:
+    with terminate_raises(), FeatureStoreWriter(store_dir, meta) as writer:
         files, rejected = discover_inputs(inputs)
-        report.failed.extend(rejected)
+        report.failed.extend((path, _reason(reason, Path(path))) for path, reason in rejected)
         todo = _pending_files(files, writer, report)
         if not todo:
             return report
-        with _ray_session(address, num_actors, threads_per_actor, device) as (ray, actors, threads):
-            job = _Job(_absolute_if_local(model_name), revision, _actor_device(device), options, threads, sample_rate,
-                       max_duration)
-            rows = _result_rows(ray, todo, job, actors, files_per_batch)
-            _write_rows(rows, writer, report, split, total=len(todo), progress=progress)
+        try:
+            with _ray_session(address, num_actors, threads_per_actor, device) as (ray, actors, threads):
+                job = _Job(_absolute_if_local(model_name), revision, _actor_device(device), options, threads,
+                           sample_rate, max_duration)
+                rows = _result_rows(ray, todo, job, actors, files_per_batch)
+                _write_rows(rows, writer, report, split, todo, progress=progress)
+        finally:
+            _commit(writer, {f.key: f for f in files}, report)
     return report
 
 
@@ -119,7 +146,7 @@ class _Job:
     options: ExtractOptions
     threads: int | None
     sample_rate: int
-    max_duration: float | None
+    max_duration: float | None = DEFAULT_MAX_DURATION
 
 
 def _check_request(options: ExtractOptions, device: str, num_actors: int | None,
@@ -132,7 +159,8 @@ def _check_request(options: ExtractOptions, device: str, num_actors: int | None,
     if not (device == "cpu" or device.startswith("cuda")):
         raise RayEngineError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if num_actors is not None and num_actors < 1:
-        raise RayEngineError(f"num_actors must be >= 1, got {num_actors}")
+        raise RayEngineError(f"--actors must be >= 1, got {num_actors} (default: one per GPU, or one per "
+                             f"{THREADS_PER_CPU_ACTOR} CPU cores)")
     if threads_per_actor is not None and threads_per_actor < 1:
         raise RayEngineError(f"threads_per_actor must be >= 1, got {threads_per_actor}")
     if files_per_batch < 1:
@@ -150,36 +178,37 @@ def _actor_device(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def _pending_files(files: list[InputFile], writer: Any, report: RunReport) -> list[tuple[InputFile, str]]:
-    """(file, content hash) of the files the store does not hold yet; unreadable ones fail."""
+def _pending_files(files: list[InputFile], writer: Any, report: RunReport) -> list[tuple[InputFile, _Hashed]]:
+    """(file, hash) of the files the store does not hold yet; unreadable and changed files fail
+    here, before any cluster work."""
+    hashes, unreadable = hash_inputs(files)
+    report.failed.extend((str(f.path), reason) for f, reason in unreadable)
     todo = []
     for f in files:
-        try:
-            digest = _content_hash(f.path)
-        except OSError as err:
-            report.failed.append((str(f.path), f"{f.path}: cannot read: {err.strerror or err}"))
+        hashed = hashes.get(f.key)
+        if hashed is None:
             continue
-        if writer.is_done(str(f.path), digest):
+        conflict = stored_conflict(writer, f, hashed.digest)
+        if conflict:
+            report.failed.append((str(f.path), conflict))
+        elif writer.is_done(f.key, hashed.digest):
             report.skipped.append(str(f.path))
         else:
-            todo.append((f, digest))
+            todo.append((f, hashed))
     return todo
 
 
-def _content_hash(path: Path) -> str:
-    from mertkit.store.parquet import hash_file
-
-    return hash_file(path)
-
-
-def _result_rows(ray: Any, todo: list[tuple[InputFile, str]], job: _Job, actors: int,
+def _result_rows(ray: Any, todo: list[tuple[InputFile, _Hashed]], job: _Job, actors: int,
                  files_per_batch: int) -> Iterator[dict[str, Any]]:
-    # "path" is the store key, spelled as the local runner spells it; "source" is what a worker
-    # opens, absolute because workers need not share the driver's working directory.
-    items = [{"path": str(f.path), "source": str(f.path.resolve()), "content_hash": digest} for f, digest in todo]
+    # "path" is the store key (the resolved path, as the local runner keys it); "source" is
+    # what a worker opens: absolute, because workers need not share the driver's working
+    # directory, and as bytes, because a file name need not be valid UTF-8.
+    items = [{"path": f.key, "source": os.fsencode(f.path.resolve()), "content_hash": hashed.digest}
+             for f, hashed in todo]
     gpus = 1 if job.device == "cuda" else 0
     dataset = ray.data.from_items(items)
-    dataset = dataset.map(_decode_row, fn_kwargs={"sample_rate": job.sample_rate, "max_duration": job.max_duration}, num_cpus=DECODE_TASK_CPUS)
+    dataset = dataset.map(_decode_row, fn_kwargs={"sample_rate": job.sample_rate, "max_duration": job.max_duration},
+                          num_cpus=DECODE_TASK_CPUS)
     dataset = dataset.map_batches(
         _ModelActor,
         fn_constructor_kwargs={"job": job},
@@ -193,33 +222,54 @@ def _result_rows(ray: Any, todo: list[tuple[InputFile, str]], job: _Job, actors:
 
 
 def _write_rows(rows: Iterator[dict[str, Any]], writer: Any, report: RunReport, split: str | None,
-                *, total: int, progress: bool) -> None:
-    from tqdm import tqdm
+                todo: list[tuple[InputFile, _Hashed]], *, progress: bool) -> None:
+    from mertkit.store.parquet import StoreInputError
 
-    with tqdm(total=total, unit="file", disable=not progress, dynamic_ncols=True) as bar:
+    index = {f.key: (job, f, hashed) for job, (f, hashed) in enumerate(todo)}
+    by_key = {f.key: f for f, _ in todo}
+    bar = AudioProgress([f.path for f, _ in todo], enabled=progress)
+    try:
         for row in rows:
-            path = str(row["path"])
-            if row["error"]:
-                report.failed.append((path, str(row["error"])))
-            else:
+            job, f, hashed = index[str(row["path"])]
+            error = str(row["error"]) or changed_reason(f, hashed)
+            if not error:
                 windows = zip(row["window_starts"], row["window_ends"], row["window_pooled"])
-                writer.add_track(path, str(row["content_hash"]), vectors=row["vectors"],
-                                 window_rows=list(windows), split=split, duration=float(row["duration"]))
-                report.done.append(path)
-            bar.update(1)
+                try:
+                    writer.add_track(f.key, hashed.digest, vectors=row["vectors"], window_rows=list(windows),
+                                     split=split, duration=float(row["duration"]))
+                except StoreInputError as err:
+                    error = str(err)
+                except OSError as err:  # committing a full shard failed: its tracks (this one too) failed
+                    fail_uncommitted(writer, err, by_key, report)
+            if error:
+                report.failed.append((str(f.path), _reason(error, f.path)))
+            elif writer.is_done(f.key, hashed.digest):
+                report.done.append(str(f.path))
+            bar.advance(job, float(row["duration"]))
+            bar.file_finished(job)
+    finally:
+        bar.close()
+
+
+def _commit(writer: Any, by_key: dict[str, InputFile], report: RunReport) -> None:
+    try:
+        writer.flush()
+    except OSError as err:
+        fail_uncommitted(writer, err, by_key, report)
 
 
 # ---------------------------------------------------------------------------------------
 # Worker side (runs on the cluster)
 # ---------------------------------------------------------------------------------------
-def _decode_row(row: dict[str, Any], *, sample_rate: int, max_duration: float | None) -> dict[str, Any]:
+def _decode_row(row: dict[str, Any], *, sample_rate: int,
+                max_duration: float | None = DEFAULT_MAX_DURATION) -> dict[str, Any]:
     """Decode one file at the model rate; failure is data (an error row), never a task error."""
     from mertkit.audio import AudioError, load_audio
 
     try:
-        wave = load_audio(row["source"], sample_rate, max_duration=max_duration)
+        wave = load_audio(os.fsdecode(row["source"]), sample_rate, max_duration=max_duration)
         error = ""
-    except AudioError as err:
+    except (AudioError, OSError, UnicodeError) as err:
         wave = np.zeros(0, dtype=np.float32)
         error = str(err)
     return {**row, "wave": wave, "error": error}
@@ -231,12 +281,11 @@ class _ModelActor:
     def __init__(self, job: _Job):
         import torch
 
-        from mertkit.models.checkpoint import load
-
         if job.threads:
             torch.set_num_threads(job.threads)
         self.job = job
-        self.extractor = Extractor(load(job.model_name, job.revision, device=job.device), job.options)
+        model = load_for_extraction(job.model_name, job.revision, device=job.device, dtype=job.options.dtype)
+        self.extractor = Extractor(model, job.options)
         self.shape = (len(self.extractor.layers), self.extractor.config.hidden_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -248,8 +297,12 @@ class _ModelActor:
 
     def _output(self, row: dict[str, Any], outcome: Any) -> dict[str, Any]:
         out = {"path": row["path"], "content_hash": row["content_hash"], "error": ""}
+        if not isinstance(outcome, JobFailure):
+            reason = (nonfinite_reason(outcome.hidden_states, self.extractor.layers)
+                      or nonfinite_reason(np.moveaxis(outcome.window_pooled, 1, 0), self.extractor.layers))
+            outcome = JobFailure(reason) if reason else outcome
         if isinstance(outcome, JobFailure):
-            out["error"] = _naming(row["path"], outcome.reason)
+            out["error"] = outcome.reason
             layers, width = self.shape
             return {**out, "duration": 0.0, "vectors": np.zeros(self.shape, np.float32),
                     "window_starts": np.zeros(0), "window_ends": np.zeros(0),
@@ -272,10 +325,6 @@ def _decode_events(rows: list[dict[str, Any]]) -> Iterator[Any]:
             yield DecodeEvent(END, job)
 
 
-def _naming(path: str, reason: str) -> str:
-    return reason if str(path) in reason else f"{path}: {reason}"
-
-
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list]:
     return {name: [row[name] for row in rows] for name in rows[0]}
 
@@ -286,10 +335,17 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, list]:
 @contextlib.contextmanager
 def _ray_session(address: str | None, num_actors: int | None, threads_per_actor: int | None,
                  device: str) -> Iterator[tuple[Any, int, int | None]]:
-    """Yield (ray, actors, threads per CPU actor) on a connected cluster; leave it as found."""
+    """Yield (ray, actors, threads per CPU actor) on a connected cluster; leave it as found.
+    A failure of Ray itself (cannot connect, an actor died) is a one-line RayEngineError."""
     gpus = device.startswith("cuda")
-    actors = num_actors or (0 if gpus else 2)  # 0: one per GPU, counted once connected
-    threads = None if gpus else (threads_per_actor or _default_threads(address, actors))
+    if gpus:
+        actors, threads = num_actors or 0, None  # 0: one per GPU, counted once connected
+    elif address is None:
+        cores = os.cpu_count() or 1
+        actors = num_actors or max(1, cores // THREADS_PER_CPU_ACTOR)
+        threads = threads_per_actor or max(1, cores // actors)
+    else:  # a remote cluster's size is known once connected
+        actors, threads = num_actors or 0, threads_per_actor or THREADS_PER_CPU_ACTOR
     ray = _import_ray(local=address is None)
     owned = not ray.is_initialized()
     if owned:
@@ -298,17 +354,23 @@ def _ray_session(address: str | None, num_actors: int | None, threads_per_actor:
         actors = _check_capacity(ray, actors, threads, gpus)
         _quiet_ray_data(ray)
         yield ray, actors, threads
+    except (ray.exceptions.RayError, ray.data.exceptions.SystemException) as err:
+        raise RayEngineError(f"Ray failed: {_one_line(err)}") from err
     finally:
         if owned:
             ray.shutdown()
 
 
-def _default_threads(address: str | None, actors: int) -> int:
-    # A local cluster shares this machine's cores among the actors; on a remote cluster the
-    # node sizes are unknown here, so each actor takes one core unless told otherwise.
-    if address is not None:
-        return 1
-    return max(1, (os.cpu_count() or 1) // max(actors, 1))
+def _one_line(err: BaseException) -> str:
+    """The gist of a (possibly remote) error: its root cause's last "Type: message" line."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and cause is not err:
+        return _one_line(cause)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    last = lines[-1]
+    return last if len(lines) > 1 and ": " in last else f"{type(err).__name__}: {lines[0]}"
 
 
 def _import_ray(*, local: bool) -> Any:
@@ -330,10 +392,13 @@ def _ray_env(local: bool) -> dict[str, str]:
 
 def _connect(ray: Any, address: str | None, actors: int, threads: int | None) -> None:
     if address is not None:
-        with _environment(_ray_env(local=False)):
-            ray.init(address=address, log_to_driver=False)
+        try:
+            with _environment(_ray_env(local=False)):
+                ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
+            raise RayEngineError(f"cannot connect to the Ray cluster at {address}: {_one_line(err)}") from err
         return
-    cpus = actors * (threads or 1) + DECODE_CPUS
+    cpus = max(actors, 1) * (threads or 1) + DECODE_CPUS
     # The cluster's processes inherit this environment: PYTHONPATH makes the workers import
     # this very mertkit, and RAY_ADDRESS must not redirect a private cluster.
     env = {**_ray_env(local=True), "PYTHONPATH": _pythonpath_with_mertkit()}
@@ -376,8 +441,9 @@ def _check_capacity(ray: Any, actors: int, threads: int | None, gpus: bool) -> i
         if have < 1 or actors > have:
             raise RayEngineError(f"device cuda needs {max(actors, 1)} GPU(s) for its actors; the cluster has {have}")
         return actors
-    need = actors * (threads or 1)
     have = resources.get("CPU", 0)
+    actors = actors or max(1, int((have - DECODE_TASK_CPUS) // (threads or 1)))
+    need = actors * (threads or 1)
     if need + DECODE_TASK_CPUS > have:
         raise RayEngineError(
             f"{actors} CPU actors x {threads} threads need {need} CPUs plus {DECODE_TASK_CPUS} for decoding; "

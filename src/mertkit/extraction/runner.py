@@ -8,11 +8,19 @@ For an input INPUT (a file or a folder, recursed) and an output folder DIR, each
     window_starts, window_ends   [windows] seconds
     window_pooled   [windows, layers, width] (pooled output only)
 
-and string metadata: model, sample_rate, frame_rate, layers (JSON list), window, hop,
-pooling, dtype, source, mertkit_version. Outputs are written atomically (temp file, then
-rename), so an interrupted run never leaves a half file, and a rerun skips every output whose
-metadata matches the request. A file that fails is reported with its reason; the others
-still finish.
+and string metadata: model (a name), model_source, weights (a fingerprint of the weight
+files), sample_rate, frame_rate, layers (JSON list), window, hop, pooling, dtype (the compute
+dtype), do_normalize, source (the resolved input path), mertkit_version. Outputs are written
+with `mertkit.fileio.atomic_write` (temp file, fsync, rename), so an interrupted run never
+leaves a half file, and a rerun skips every output whose provenance and settings match the
+request (the weights' fingerprint, not the model's name, identifies the model).
+
+One file never sinks a run: a file that cannot be decoded, gives non-finite features (the
+reason names the layer), cannot be written (a full disk, a read-only folder, a name too long),
+is a special file (never opened), or changes while a store run reads it, is reported with its
+reason; the others finish and are kept. Temp files and spool folders are removed on any error
+and on SIGINT/SIGTERM; those a killed run left behind are removed by the next run writing
+into the same folder.
 
 Bounded memory: files are decoded as streams (optionally in worker processes, overlapped
 with the model) and never held whole. Frame-level output is written as windows finish
@@ -20,38 +28,49 @@ with the model) and never held whole. Frame-level output is written as windows f
 the end); pooled output keeps only running sums and the per-window vectors.
 
 Feature store: with `store=STORE_DIR` (pooled output only) every track adds one "track" row
-and one row per window to a Parquet store (`mertkit.store.parquet`), keyed by (path as discovered,
-content hash). Tracks already in the store are skipped; shards are committed atomically, so a
-run killed at any moment (even with SIGKILL) is finished by running it again, with no track
-lost, duplicated or half written.
+and one row per window to a Parquet store (`mertkit.store.parquet`), keyed by (resolved
+absolute path, content hash): two spellings of one file are one track. Tracks already in the
+store are skipped; shards are committed atomically, so a run killed at any moment (even with
+SIGKILL) is finished by running it again, with no track lost, duplicated or half written; a
+run that fails on some tracks, or is interrupted, still commits every track it finished.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mertkit.audio import DEFAULT_MAX_DURATION, discover_audio
-from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions, Features, JobFailure, WindowOutput
+from mertkit.audio import DEFAULT_MAX_DURATION, discover_audio, display_path
+from mertkit.extraction.decode import BLOCK, DEFAULT_BLOCK_SECONDS, DecodeEvent, decode_files
+from mertkit.extraction.engine import (
+    DTYPES,
+    ExtractError,
+    Extractor,
+    ExtractOptions,
+    Features,
+    JobFailure,
+    WindowOutput,
+)
+from mertkit.fileio import TEMP_MARK, atomic_write, make_temp_dir, remove_stale_temps, terminate_raises
 from mertkit.models.hubert.model import MertModel
-from mertkit.extraction.decode import DEFAULT_BLOCK_SECONDS, decode_files
 
 OUTPUT_SUFFIX = ".safetensors"
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = TEMP_MARK
 HASH_THREADS = 4  # hashing reads files; blake2b releases the GIL, so threads overlap the reads
 
 
 @dataclass(frozen=True)
 class InputFile:
-    path: Path
+    path: Path  # as given or discovered: what reports name
     relative: str  # path under its input root; names the output
+    key: str = ""  # resolved absolute path (printable): the track's identity in a store
 
     @property
     def output_name(self) -> str:
@@ -79,56 +98,249 @@ class StoreOptions:
     rows_per_shard: int = 1024
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What makes two runs' features comparable (see mertkit.extraction.provenance)."""
+
+    model: str  # a name, for people; never compared when both sides have a fingerprint
+    weights: str
+    compute_dtype: str
+    do_normalize: bool
+    source: str  # where the model was loaded from ("" when built in memory)
+
+    @classmethod
+    def of(cls, model: MertModel, extractor: Extractor) -> Provenance:
+        from mertkit.extraction import provenance
+
+        info = getattr(model, "info", None)
+        return cls(info.name if info else "unnamed", provenance.weights_fingerprint(model),
+                   provenance.compute_dtype(model, extractor.options.dtype), bool(extractor.do_normalize),
+                   provenance.model_source(model))
+
+
+def load_for_extraction(name_or_path: str | os.PathLike, revision: str | None = None, *, device: str = "cpu",
+                        dtype: str = "float32") -> MertModel:
+    """The model as extraction runs it, for every engine: half precision loads half-precision
+    weights, which the fused CPU kernels and GPUs run natively (no autocast)."""
+    from mertkit.models.checkpoint import load
+
+    if dtype not in DTYPES:
+        raise ExtractError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    return load(name_or_path, revision, device=device, dtype=DTYPES[dtype])
+
+
+def input_key(path: Path) -> str:
+    """A track's identity: its resolved absolute path (printable), so `audio/x.wav` and its
+    absolute spelling are one track."""
+    return display_path(path.resolve())
+
+
 def discover_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[InputFile], list[tuple[str, str]]]:
     """(files to extract, inputs refused unread as (path, reason)); the rules are
-    `mertkit.audio.discover_audio`'s, shared with `mert labels`."""
+    `mertkit.audio.discover_audio`'s, shared with `mert labels`. The same file reached twice
+    (two spellings) is one input."""
     discovery = discover_audio(inputs)
-    found = [InputFile(f.path, f.relative) for f in discovery.files]
-    seen: set[str] = set()
-    for f in found:
-        if f.relative in seen:
+    unique: dict[str, InputFile] = {}
+    names: set[str] = set()
+    for found in discovery.files:
+        f = InputFile(found.path, found.relative, input_key(found.path))
+        if f.key in unique:
+            continue
+        if f.relative in names:
             raise ExtractError(f"two inputs would write the same output {f.output_name!r}; extract them separately")
-        seen.add(f.relative)
-    return found, discovery.rejected
+        unique[f.key] = f
+        names.add(f.relative)
+    return list(unique.values()), discovery.rejected
 
 
-def output_metadata(model: MertModel, extractor: Extractor, source: str) -> dict[str, str]:
+def check_output_dir(out_dir: str | os.PathLike) -> Path:
+    """Create the output folder; one-line ExtractError when it cannot be created or written."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExtractError(f"{out}: cannot create the output folder ({err.strerror or err})") from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ExtractError(f"{out}: the output folder is not writable")
+    return out
+
+
+def output_metadata(model: MertModel, extractor: Extractor, source: str,
+                    provenance: Provenance | None = None) -> dict[str, str]:
     from mertkit import __version__
 
-    info = getattr(model, "info", None)
-    config = model.config
+    provenance = provenance or Provenance.of(model, extractor)
+    config = extractor.config
     return {
-        "model": info.name if info else "unnamed",
+        "model": provenance.model,
+        "model_source": provenance.source,
+        "weights": provenance.weights,
         "sample_rate": str(config.sample_rate),
         "frame_rate": repr(config.frame_rate),
         "layers": json.dumps(list(extractor.layers)),
         "window": repr(float(extractor.window)),
         "hop": repr(float(extractor.hop)),
         "pooling": extractor.options.pool,
-        "dtype": extractor.options.dtype,
-        "do_normalize": str(extractor.do_normalize).lower(),
+        "dtype": provenance.compute_dtype,
+        "do_normalize": str(provenance.do_normalize).lower(),
         "source": source,
         "mertkit_version": __version__,
     }
 
 
-# Metadata that must match for an existing output to count as already done.
-_REQUEST_KEYS = ("model", "sample_rate", "layers", "window", "hop", "pooling", "dtype", "do_normalize")
+# Metadata that must match for an existing output to count as already done: the weights'
+# fingerprint, not the model's name (two checkpoints may share a folder name).
+_REQUEST_KEYS = ("weights", "sample_rate", "layers", "window", "hop", "pooling", "dtype", "do_normalize")
 
 
-def store_meta(model: MertModel, extractor: Extractor, dtype: str):
+def store_meta(model: MertModel, extractor: Extractor, dtype: str, provenance: Provenance | None = None):
     """The StoreMeta every row written by this extractor obeys."""
     from mertkit.store.parquet import StoreMeta
 
-    info = getattr(model, "info", None)
+    prov = provenance or Provenance.of(model, extractor)
     config = model.config
     whole = not extractor.window
     return StoreMeta(
-        model=info.name if info else "unnamed", sample_rate=config.sample_rate, frame_rate=config.frame_rate,
+        model=prov.model, sample_rate=config.sample_rate, frame_rate=config.frame_rate,
         hidden_size=config.hidden_size, num_layers=config.num_hidden_layers, layers=extractor.layers, dtype=dtype,
         window=None if whole else float(extractor.window), hop=None if whole else float(extractor.hop),
-        pooling=extractor.options.pool,
+        pooling=extractor.options.pool, weights=prov.weights, compute_dtype=prov.compute_dtype,
+        do_normalize=prov.do_normalize, model_source=prov.source,
     )
+
+
+def nonfinite_reason(values: np.ndarray, layers: tuple[int, ...]) -> str | None:
+    """None when `values` ([layers, ...]) are all finite, else which layer first is not."""
+    flat = np.asarray(values).reshape(len(layers), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    if finite.all():
+        return None
+    position = int(np.argmin(finite))
+    kinds = [name for name, bad in (("NaN", np.isnan(flat[position]).any()),
+                                    ("Inf", np.isinf(flat[position]).any())) if bad]
+    return f"non-finite features in layer {layers[position]} ({' and '.join(kinds)})"
+
+
+def write_failure(err: OSError, target: Path) -> str:
+    """The reason a write failed, in one line."""
+    if err.errno == errno.ENAMETOOLONG:
+        return f"output name too long for the file system ({len(os.fsencode(target.name))} bytes): {target.name}"
+    return f"cannot write {display_path(target)}: {err.strerror or err}"
+
+
+@dataclass(frozen=True)
+class _Hashed:
+    digest: str
+    signature: tuple[int, int]  # (size, mtime_ns) when hashed
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns
+
+
+def hash_inputs(files: list[InputFile]) -> tuple[dict[str, _Hashed], list[tuple[InputFile, str]]]:
+    """Content hashes by input key, and (file, reason) for the files that cannot be read."""
+    from mertkit.store.parquet import hash_file
+
+    def digest(f: InputFile) -> tuple[InputFile, _Hashed | str]:
+        try:
+            signature = _signature(f.path)
+            return f, _Hashed(hash_file(f.path), signature)
+        except OSError as err:  # missing or unreadable: this file's failure alone
+            return f, f"cannot read ({err.strerror or err})"
+
+    hashes, failures = {}, []
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        for f, result in pool.map(digest, files):
+            if isinstance(result, str):
+                failures.append((f, result))
+            else:
+                hashes[f.key] = result
+    return hashes, failures
+
+
+def changed_reason(f: InputFile, hashed: _Hashed) -> str | None:
+    """Why the file no longer is the version that was hashed, or None."""
+    try:
+        now = _signature(f.path)
+    except OSError as err:
+        return f"removed or unreadable while being extracted ({err.strerror or err})"
+    if now != hashed.signature:
+        return "the file changed while being extracted; run again to extract the new version"
+    return None
+
+
+def stored_conflict(writer, f: InputFile, digest: str) -> str | None:
+    """Why the store refuses this file: it holds another version of the same path."""
+    stored = writer.stored_hash(f.key)
+    if stored is None or stored == digest:
+        return None
+    return (f"changed since it was stored (content hash {stored}, now {digest}); write the new "
+            "version into a fresh store")
+
+
+def fail_uncommitted(writer, err: OSError, by_key: dict[str, InputFile],
+                     report: RunReport) -> list[tuple[InputFile, str]]:
+    """After a shard could not be committed (a full disk): its buffered tracks are dropped and
+    reported failed (moved out of `report.done`); the tracks committed before stay."""
+    reason = f"cannot commit to the store {display_path(writer.root)}: {err.strerror or err}"
+    failed = []
+    for key in writer.discard_pending():
+        f = by_key[key]
+        if str(f.path) in report.done:
+            report.done.remove(str(f.path))
+        report.failed.append((str(f.path), reason))
+        failed.append((f, reason))
+    return failed
+
+
+def declared_seconds(path: Path) -> float:
+    """The duration the container declares (0 when it does not say or cannot be read)."""
+    from mertkit.audio import audio_info
+
+    try:
+        return float(audio_info(str(path)).duration or 0.0)
+    except (OSError, ValueError):  # ValueError includes AudioError: decoding reports it properly
+        return 0.0
+
+
+class AudioProgress:
+    """A progress bar in seconds of audio (rate and ETA in audio seconds per second), fed as
+    audio is decoded; a finished file moves it to the file's declared duration."""
+
+    def __init__(self, paths: list[Path], *, enabled: bool):
+        from tqdm import tqdm
+
+        self.expected = [declared_seconds(p) for p in paths] if enabled else [0.0] * len(paths)
+        self.counted = [0.0] * len(paths)
+        self.files, self.finished = len(paths), 0
+        self.bar = tqdm(total=sum(self.expected), unit="s", disable=not enabled, dynamic_ncols=True,
+                        bar_format="{percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio "
+                                   "[{elapsed}<{remaining}, {rate_fmt}]{postfix}", postfix=self._files())
+
+    def advance(self, job: int, seconds: float) -> None:
+        self.counted[job] += seconds
+        self._update(seconds)
+
+    def file_finished(self, job: int) -> None:
+        self._update(max(self.expected[job] - self.counted[job], 0.0))
+        self.finished += 1
+        self._postfix()
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def _update(self, seconds: float) -> None:
+        if self.bar.n + seconds > self.bar.total:  # a container that understated its length
+            self.bar.total = self.bar.n + seconds
+        self.bar.update(seconds)
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(self._files(), refresh=False)
+
+    def _files(self) -> str:
+        return f"{self.finished}/{self.files} files"
 
 
 def run_extract(
@@ -147,158 +359,266 @@ def run_extract(
 ) -> RunReport:
     """Extract every input into `out_dir` (per-file safetensors) and/or a feature store;
     never stops on a bad file. `workers` > 0 decodes in that many worker processes; files longer
-    than `max_duration` seconds (None: no limit) fail."""
+    than `max_duration` seconds (None: no limit) fail.
+
+    Within the call SIGTERM/SIGHUP raise `mertkit.fileio.Terminated` (and SIGINT
+    KeyboardInterrupt), so an interrupted run removes its temp files and commits the tracks it
+    finished to the store before it ends."""
     if out_dir is None and store is None:
         raise ExtractError("nowhere to write: give an output folder, a feature store, or both")
     if store is not None and options.pool == "none":
         raise ExtractError("the feature store keeps pooled vectors: choose --pool mean or max "
                            "(frame-level features go to per-file safetensors with --out)")
+    out = check_output_dir(out_dir) if out_dir is not None else None
     extractor = Extractor(model, options, compile=compile)
-    run = _Run(model, extractor, Path(out_dir) if out_dir is not None else None, store, on_event)
+    provenance = Provenance.of(model, extractor)
+    run = _Run(provenance, extractor, out, store, on_event)
     files, rejected = discover_inputs(inputs)
     run.reject(rejected)
     limits = (block_seconds, max_duration)
-    if store is None:
-        run.execute(files, progress, workers, limits)
-        return run.report
-    from mertkit.store.parquet import FeatureStoreWriter
+    with terminate_raises():
+        if store is None:
+            run.execute(files, progress, workers, limits)
+            return run.report
+        from mertkit.store.parquet import FeatureStoreWriter
 
-    with FeatureStoreWriter(store.root, store_meta(model, extractor, store.dtype),
-                            rows_per_shard=store.rows_per_shard) as writer:
-        run.writer = writer
-        run.execute(files, progress, workers, limits)
+        with FeatureStoreWriter(store.root, store_meta(model, extractor, store.dtype, provenance),
+                                rows_per_shard=store.rows_per_shard) as writer:
+            run.writer = writer
+            try:
+                run.execute(files, progress, workers, limits)
+            finally:
+                run.commit()  # also when interrupted: finished tracks are complete and kept
     return run.report
+
+
+_REPORTED = "reported with the other tracks of its shard"
+
+
+class _CheckedSink:
+    """Wraps a track's sink: features that are not finite, or a write that fails (a full disk,
+    a read-only folder, a name too long), become this track's failure instead of the run's."""
+
+    def __init__(self, inner, layers: tuple[int, ...], target: Path | None):
+        self.inner, self.layers, self.target = inner, layers, target
+        self.failure: str | None = None
+
+    def add(self, output: WindowOutput) -> None:
+        if self.failure is not None:
+            return
+        self.failure = _window_nonfinite(output, self.layers)
+        if self.failure is None:
+            try:
+                self.inner.add(output)
+                return
+            except OSError as err:
+                self.failure = write_failure(err, self.target)
+        self.inner.abort()
+
+    def finish(self, num_samples: int) -> object:
+        if self.failure is not None:
+            return JobFailure(self.failure)
+        try:
+            return self.inner.finish(num_samples)
+        except OSError as err:
+            self.inner.abort()
+            return JobFailure(write_failure(err, self.target))
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
+def _window_nonfinite(output: WindowOutput, layers: tuple[int, ...]) -> str | None:
+    # kept_sum covers every kept frame (for max pooling too); pooled covers the whole window.
+    for values in (output.frames, output.pooled, output.kept_sum):
+        if values is not None:
+            reason = nonfinite_reason(values, layers)
+            if reason is not None:
+                return reason
+    return None
 
 
 class _Run:
     """One run_extract call: what to skip, what each finished track writes, the report."""
 
-    def __init__(self, model: MertModel, extractor: Extractor, out: Path | None, store: StoreOptions | None,
+    def __init__(self, provenance: Provenance, extractor: Extractor, out: Path | None, store: StoreOptions | None,
                  on_event: Callable[[str, str, str], None] | None):
-        self.model, self.extractor, self.out, self.store, self.on_event = model, extractor, out, store, on_event
+        self.provenance, self.extractor, self.out, self.store, self.on_event = (
+            provenance, extractor, out, store, on_event)
         self.writer = None  # FeatureStoreWriter when storing
         self.report = RunReport()
-        self.hashes: dict[Path, str] = {}
+        self.hashes: dict[str, _Hashed] = {}
+        self.by_key: dict[str, InputFile] = {}
+        self.open_sinks: dict[int, _CheckedSink] = {}
 
     def reject(self, rejected: list[tuple[str, str]]) -> None:
         """Inputs refused by discovery (special files, unlistable folders): failed, never read."""
         for path, reason in rejected:
+            reason = _reason(reason, Path(path))
             self.report.failed.append((path, reason))
             if self.on_event:
                 self.on_event("failed", path, reason)
 
     def execute(self, files: list[InputFile], progress: bool, workers: int, limits: tuple) -> None:
+        """`limits` is (block_seconds, max_duration) for the decoder."""
         todo = self._todo(files)
-        bar = _progress(len(files), initial=len(self.report.skipped) + len(self.report.failed), enabled=progress)
+        if not todo:
+            return
+        bar = AudioProgress([f.path for f in todo], enabled=progress)
         rate = self.extractor.config.sample_rate
         block_seconds, max_duration = limits
         events = decode_files([str(f.path) for f in todo], rate, workers=workers, block_seconds=block_seconds,
                               max_duration=max_duration)
+        results = self.extractor.run(_counted(events, bar, rate), lambda job: self._sink(job, todo[job]))
         try:
-            for job, outcome in self.extractor.run(events, lambda job: self._sink(todo[job])):
+            for job, outcome in results:
+                self.open_sinks.pop(job, None)
                 self._finished(todo[job], outcome)
-                bar.update(1)
+                bar.file_finished(job)
         finally:
+            results.close()
             events.close()
+            for sink in self.open_sinks.values():  # interrupted: drop the spools of unfinished tracks
+                sink.abort()
+            self.open_sinks.clear()
             bar.close()
 
+    def commit(self) -> None:
+        """Commit the store's buffered tracks; if that write fails they are this run's failures."""
+        try:
+            self.writer.flush()
+        except OSError as err:
+            self._store_write_failed(err)
+
     def _todo(self, files: list[InputFile]) -> list[InputFile]:
+        self.by_key = {f.key: f for f in files}
         if self.writer is not None:
-            self._hash_all(files)
+            self.hashes, unreadable = hash_inputs(files)
+            for f, reason in unreadable:
+                self._fail(f, reason)
+        if self.out is not None:
+            for folder in {self._target(f).parent for f in files}:
+                remove_stale_temps(folder)  # debris of a run that was killed writing here
         todo = []
         for f in files:
-            if f.path in self.hashes or self.writer is None:
-                if self._needs_work(f):
-                    todo.append(f)
-                else:
-                    self.report.skipped.append(str(f.path))
-                    self._event("skipped", f, "")
+            if self.writer is not None and f.key not in self.hashes:
+                continue  # unreadable: already reported
+            conflict = stored_conflict(self.writer, f, self.hashes[f.key].digest) if self.writer else None
+            if conflict:
+                self._fail(f, conflict)
+            elif self._needs_work(f):
+                todo.append(f)
+            else:
+                self.report.skipped.append(str(f.path))
+                self._event("skipped", f, "")
         return todo
-
-    def _hash_all(self, files: list[InputFile]) -> None:
-        from mertkit.store.parquet import hash_file
-
-        def digest(f: InputFile) -> tuple[InputFile, str | OSError]:
-            try:
-                return f, hash_file(f.path)
-            except OSError as err:  # missing or unreadable: this file's failure alone
-                return f, err
-
-        with ThreadPoolExecutor(HASH_THREADS) as pool:
-            for f, result in pool.map(digest, files):
-                if isinstance(result, OSError):
-                    reason = f"{f.path}: cannot read ({result.strerror or result})"
-                    self.report.failed.append((str(f.path), reason))
-                    self._event("failed", f, reason)
-                else:
-                    self.hashes[f.path] = result
 
     def _needs_work(self, f: InputFile) -> bool:
         file_missing = self.out is not None and not _is_done(self._target(f), self._metadata(f))
-        store_missing = self.writer is not None and not self.writer.is_done(str(f.path), self.hashes[f.path])
+        store_missing = self.writer is not None and not self.writer.is_done(f.key, self.hashes[f.key].digest)
         return file_missing or store_missing
 
     def _target(self, f: InputFile) -> Path:
         return self.out / f.output_name
 
     def _metadata(self, f: InputFile) -> dict[str, str]:
-        return output_metadata(self.model, self.extractor, str(f.path))
+        return output_metadata(self.extractor.model, self.extractor, f.key, self.provenance)
 
-    def _sink(self, f: InputFile):
+    def _sink(self, job: int, f: InputFile) -> _CheckedSink:
         if self.extractor.options.pool == "none":
-            return SafetensorsFrameWriter(self._target(f), self._metadata(f), self.extractor.config.sample_rate)
-        return self.extractor.feature_sink()
+            inner = SafetensorsFrameWriter(self._target(f), self._metadata(f), self.extractor.config.sample_rate)
+        else:
+            inner = self.extractor.feature_sink()
+        sink = self.open_sinks[job] = _CheckedSink(inner, self.extractor.layers,
+                                                   self._target(f) if self.out is not None else None)
+        return sink
 
     def _finished(self, f: InputFile, outcome: object) -> None:
         if isinstance(outcome, JobFailure):
-            reason = _reason(outcome.reason, f.path)
-            self.report.failed.append((str(f.path), reason))
-            self._event("failed", f, reason)
+            self._fail(f, _reason(outcome.reason, f.path))
             return
         if isinstance(outcome, Features):
-            self._write_pooled(f, outcome)
+            reason = nonfinite_reason(outcome.hidden_states, self.extractor.layers) or self._write_pooled(f, outcome)
+            if reason is _REPORTED:
+                return
+            if reason:
+                self._fail(f, reason)
+                return
         self.report.done.append(str(f.path))
         self._event("done", f, "")
 
-    def _write_pooled(self, f: InputFile, features: Features) -> None:
+    def _write_pooled(self, f: InputFile, features: Features) -> str | None:
+        """Write one finished pooled track; the reason when that fails."""
         if self.out is not None:
-            save_features(self._target(f), features, self._metadata(f))
-        if self.writer is not None and not self.writer.is_done(str(f.path), self.hashes[f.path]):
-            windows = [(float(s), float(e), v) for s, e, v in
-                       zip(features.window_starts, features.window_ends, features.window_pooled)]
-            self.writer.add_track(str(f.path), self.hashes[f.path], vectors=features.hidden_states,
+            try:
+                save_features(self._target(f), features, self._metadata(f))
+            except OSError as err:
+                return write_failure(err, self._target(f))
+        if self.writer is None or self.writer.is_done(f.key, self.hashes[f.key].digest):
+            return None
+        changed = changed_reason(f, self.hashes[f.key])
+        if changed:
+            return changed
+        return self._add_to_store(f, features)
+
+    def _add_to_store(self, f: InputFile, features: Features) -> str | None:
+        from mertkit.store.parquet import StoreInputError
+
+        windows = [(float(s), float(e), v) for s, e, v in
+                   zip(features.window_starts, features.window_ends, features.window_pooled)]
+        try:
+            self.writer.add_track(f.key, self.hashes[f.key].digest, vectors=features.hidden_states,
                                   window_rows=windows, split=self.store.split, duration=features.duration)
+        except StoreInputError as err:
+            return str(err)
+        except OSError as err:  # committing a full shard failed: its tracks (this one too) failed
+            self._store_write_failed(err)
+            return _REPORTED
+        return None
+
+    def _store_write_failed(self, err: OSError) -> None:
+        for f, reason in fail_uncommitted(self.writer, err, self.by_key, self.report):
+            self._event("failed", f, reason)
+
+    def _fail(self, f: InputFile, reason: str) -> None:
+        self.report.failed.append((str(f.path), reason))
+        self._event("failed", f, reason)
 
     def _event(self, kind: str, f: InputFile, detail: str) -> None:
         if self.on_event:
             self.on_event(kind, str(f.path), detail)
 
 
+def _counted(events: Iterable[DecodeEvent], bar: AudioProgress, rate: int) -> Iterator[DecodeEvent]:
+    for event in events:
+        if event.kind == BLOCK:
+            bar.advance(event.job, len(event.samples) / rate)
+        yield event
+
+
 def _reason(text: str, path: Path) -> str:
-    return text if str(path) in text else f"{path}: {text}"
+    """A per-file reason without the file's name in front (the report line names the file)."""
+    for spelling in (str(path), display_path(path), str(path.resolve())):
+        if text.startswith(spelling + ": "):
+            return text[len(spelling) + 2:]
+    return text
 
 
 def _is_done(target: Path, wanted: dict[str, str]) -> bool:
-    if not target.is_file():
-        return False
     try:
+        if not target.is_file():
+            return False
         meta = read_metadata(target)
     except (OSError, ValueError):
-        return False  # unreadable leftovers are simply recomputed
+        return False  # unreadable leftovers (or a name the file system refuses) are recomputed
     return all(meta.get(k) == wanted[k] for k in _REQUEST_KEYS)
-
-
-def _progress(total: int, *, initial: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="file", disable=not enabled, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------------------------------
 # safetensors I/O
 # ---------------------------------------------------------------------------------------
 def save_features(path: str | os.PathLike, features: Features, metadata: dict[str, str]) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     tensors = {
         "hidden_states": np.ascontiguousarray(features.hidden_states, dtype=np.float32),
@@ -311,14 +631,8 @@ def save_features(path: str | os.PathLike, features: Features, metadata: dict[st
         tensors["window_pooled"] = np.ascontiguousarray(features.window_pooled, dtype=np.float32)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=OUTPUT_SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 class SafetensorsFrameWriter:
@@ -362,19 +676,18 @@ class SafetensorsFrameWriter:
         entries = [("timestamps", "F64", [self._frames], self._frames * 8)]
         entries += [(name, "F64", [len(values)], values.nbytes) for name, values in small.items()]
         entries.append(("hidden_states", "F32", [layers, self._frames, width], layers * self._frames * width * 4))
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=OUTPUT_SUFFIX, dir=self.target.parent)
+
+        def write(out) -> None:
+            out.write(_safetensors_header(entries, self.metadata))
+            _copy_file(self._spool / "timestamps", out)
+            for values in small.values():
+                out.write(values.tobytes())
+            for layer in range(layers):
+                _copy_file(self._spool / f"layer-{layer}", out)
+
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(_safetensors_header(entries, self.metadata))
-                _copy_file(self._spool / "timestamps", out)
-                for values in small.values():
-                    out.write(values.tobytes())
-                for layer in range(layers):
-                    _copy_file(self._spool / f"layer-{layer}", out)
-            os.replace(tmp, self.target)
+            atomic_write(self.target, write)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             self._remove_spool()
         return self.target
 
@@ -384,7 +697,7 @@ class SafetensorsFrameWriter:
 
     def _open(self, layers: int, width: int) -> None:
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self._spool = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.target.parent))
+        self._spool = make_temp_dir(self.target.parent)
         self._shape = (layers, width)
         self._layer_files = [open(self._spool / f"layer-{k}", "wb") for k in range(layers)]  # noqa: SIM115
         self._stamp_file = open(self._spool / "timestamps", "wb")  # noqa: SIM115

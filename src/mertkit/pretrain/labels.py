@@ -20,9 +20,9 @@ floor((N - 400)/320) + 1 frames, one fewer for most lengths: crop labels to the 
 
 Runs are resumable: a file whose manifest record is "ok", made by the same teacher settings,
 from an unchanged source file (same size and mtime) and whose label file still has the
-recorded shape is skipped. Failed files are retried. Label files are written to a temporary
-name and moved into place with `os.replace`; each finished file appends its manifest line
-(flushed to disk) so a killed run loses at most the file in flight, and the manifest is
+recorded shape is skipped. Failed files are retried. Label files are written with
+`mertkit.fileio.atomic_write` (temporary name, fsync, rename); each finished file appends its
+manifest line (flushed to disk) so a killed run loses at most the file in flight, and the manifest is
 rewritten atomically, one line per audio file, at the start and end of every run.
 
 Every label array is validated before it is written (shape, dtype, code range, frame count)
@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mertkit.audio import DEFAULT_MAX_DURATION
+from mertkit.fileio import atomic_write
 
 MANIFEST_NAME = "manifest.jsonl"
 LABELS_SUBDIR = "codes"
@@ -200,22 +201,9 @@ def read_manifest(out_dir: str | Path, *, tolerate_torn_tail: bool = False) -> d
     return _parse_manifest_lines(path.read_text().splitlines(), path, tolerate_torn_tail)
 
 
-def _write_atomically(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(temporary, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
 def _rewrite_manifest(out_dir: Path, records: dict[str, LabelRecord]) -> None:
     text = "".join(records[name].to_json() + "\n" for name in sorted(records))
-    _write_atomically(out_dir / MANIFEST_NAME, lambda handle: handle.write(text), mode="w")
+    atomic_write(out_dir / MANIFEST_NAME, lambda handle: handle.write(text), mode="w")
 
 
 # --------------------------------------------------------------------------- writing
@@ -289,7 +277,7 @@ def _label_one(
         raise LabelValidationError("; ".join(problems))
     destination = out_dir / label_file_name(relative)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(destination, lambda handle: np.save(handle, codes, allow_pickle=False))
+    atomic_write(destination, lambda handle: np.save(handle, codes, allow_pickle=False))
     return wav.shape[0], num_frames
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mertkit.fileio import atomic_write
 from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.data import Batch, PretrainDataset, clip_seed, iterate_batches
 from mertkit.pretrain.masking import span_mask
@@ -393,12 +394,7 @@ def _write_checkpoint(
 
 
 def _atomic_save(payload: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -14,12 +14,13 @@ window ("window" level). Vectors are stored as one column per stored hidden-stat
 rows" reads only that column's pages from each shard; a single [layers*width] column would make
 every such read pull all layers.
 
-Crash safety: the truth is the set of committed shard files. A shard is written to a temporary
-name in the same directory, fsynced, and renamed with ``os.replace``, so a shard name on disk
-always refers to a complete file. All rows of one track are in the same shard, so a track is
-either fully present or absent. Each shard's footer lists the keys it holds; ``manifest.json``
+Crash safety: the truth is the set of committed shard files. A shard is written with
+``mertkit.fileio.atomic_write`` (a temporary name in the same directory, fsynced, renamed, the
+directory fsynced), so a shard name on disk always refers to a complete file. All rows of one
+track are in the same shard, so a track is either fully present or absent. Each shard's footer lists the keys it holds; ``manifest.json``
 only caches those lists and is checked against the shard files (name and size) on every open,
-so a kill between the rename and the manifest update loses nothing. Temporary files left by a
+so a kill between the rename and the manifest update loses nothing; an unreadable manifest is
+ignored (with a warning) and rebuilt from the shard footers. Temporary files left by a
 killed writer are never read and are removed by the next writer.
 
 pyarrow is an optional dependency: ``pip install 'mertkit[store]'``.
@@ -30,15 +31,17 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mertkit.fileio import TEMP_MARK, atomic_write
 
 __all__ = [
     "FeatureStore",
@@ -48,6 +51,7 @@ __all__ = [
     "StoreInputError",
     "StoreMeta",
     "StoreMismatchError",
+    "check_writable",
     "hash_file",
     "open",
 ]
@@ -55,14 +59,16 @@ __all__ = [
 META_FILE = "store.json"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = TEMP_MARK
 KEYS_METADATA = b"mertkit.keys"
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 LEVELS = ("track", "window")
 STORAGE_DTYPES = ("float16", "float32")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 # Fields that may differ between runs without making the stored rows incomparable.
-INFORMATIONAL_FIELDS = ("mertkit_version",)
+INFORMATIONAL_FIELDS = ("mertkit_version", "model_source")
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(ValueError):
@@ -121,7 +127,12 @@ class StoreMeta:
     ``num_layers`` counts transformer layers; hidden-state indices run 0..num_layers (0 is the
     CNN/projection output). ``layers`` lists the stored hidden-state indices (default: all).
     ``dtype`` is the storage dtype of the vectors. ``window``/``hop`` are seconds (None: whole
-    track). ``mertkit_version`` is recorded but not compared.
+    track). Provenance: ``weights`` fingerprints the model's weight files
+    (``mertkit.extraction.provenance``), ``compute_dtype`` is the dtype of the forward pass and
+    ``do_normalize`` whether inputs were normalised; rows of another model, dtype or
+    normalisation never mix into a store. ``model`` (the name) is compared only when a side has
+    no fingerprint. ``model_source`` (where the model was loaded from, so ``mert search`` can
+    embed a query with it) and ``mertkit_version`` are recorded but not compared.
     """
 
     model: str
@@ -134,6 +145,10 @@ class StoreMeta:
     window: float | None = None
     hop: float | None = None
     pooling: str = "mean"
+    weights: str = ""
+    compute_dtype: str = ""
+    do_normalize: bool | None = None
+    model_source: str = ""
     mertkit_version: str = ""
 
     def __post_init__(self) -> None:
@@ -177,49 +192,31 @@ class StoreMeta:
     def differences(self, other: StoreMeta) -> list[str]:
         """Names and values of the comparable fields in which ``other`` differs from self."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [
+        skipped = set(INFORMATIONAL_FIELDS)
+        if self.weights and other.weights:
+            skipped.add("model")  # the fingerprint says whether the models are the same
+        found = [
             f"{name}: store has {mine[name]!r}, got {theirs[name]!r}"
             for name in mine
-            if name not in INFORMATIONAL_FIELDS and mine[name] != theirs[name]
+            if name not in skipped and mine[name] != theirs[name]
         ]
+        if found and not self.weights and other.weights:
+            found.append("the store was written without a weights fingerprint (an older mertkit)")
+        return found
 
 
 # ----------------------------------------------------------------------------- file helpers
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(target: Path, write: Any) -> None:
-    """Write via ``write(binary_handle)`` to a temp file beside ``target``, fsync, rename."""
-    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + target.name + ".", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
 def _write_json(target: Path, data: Any) -> None:
     text = json.dumps(data, indent=1, sort_keys=True).encode()
-    _atomic_write(target, lambda handle: handle.write(text))
+    atomic_write(target, lambda handle: handle.write(text))
 
 
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or bad UTF-8
         raise StoreCorruptError(f"{path}: cannot read JSON: {error}") from error
 
 
@@ -254,11 +251,7 @@ def _shard_keys_from_footer(shard: Path) -> list[tuple[str, str]]:
 def _scan_shards(root: Path) -> dict[str, dict[str, Any]]:
     """Map each committed shard to its size and keys, trusting the manifest cache only where
     the shard's name and size still match."""
-    manifest_path = root / MANIFEST_FILE
-    cached: dict[str, Any] = {}
-    if manifest_path.is_file():
-        data = _read_json(manifest_path)
-        cached = data.get("shards", {}) if isinstance(data, dict) else {}
+    cached = _read_manifest(root / MANIFEST_FILE)
     shards: dict[str, dict[str, Any]] = {}
     for shard in _shard_files(root):
         stat = shard.stat()
@@ -269,6 +262,24 @@ def _scan_shards(root: Path) -> dict[str, dict[str, Any]]:
         else:
             keys = _shard_keys_from_footer(shard)
         shards[shard.name] = {**signature, "keys": keys}
+    return shards
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest's shard entries; a missing one is empty, a damaged one is ignored with a
+    warning (it is only a cache: the shard footers hold the truth, and the writer rewrites it)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = _read_json(path)
+    except StoreCorruptError as error:
+        log.warning("%s; ignoring it (a cache), reading the keys from the shards", error)
+        return {}
+    shards = data.get("shards") if isinstance(data, dict) else None
+    if not isinstance(shards, dict):
+        log.warning("%s: not a manifest (no 'shards' object); ignoring it (a cache), reading the keys "
+                    "from the shards", path)
+        return {}
     return shards
 
 
@@ -375,7 +386,7 @@ class FeatureStoreWriter:
         self.root = Path(root)
         self.meta = self._resolve_meta(meta, dtype)
         self.rows_per_shard = rows_per_shard
-        self.root.mkdir(parents=True, exist_ok=True)
+        check_writable(self.root)
         self._lock_handle = self._acquire_lock()
         try:
             self._check_or_write_meta()
@@ -409,7 +420,10 @@ class FeatureStoreWriter:
         return resolved
 
     def _acquire_lock(self) -> Any:
-        handle = (self.root / LOCK_FILE).open("a")
+        try:
+            handle = (self.root / LOCK_FILE).open("a")
+        except OSError as error:
+            raise StoreError(f"{self.root}: cannot write to the store ({error.strerror or error})") from error
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
@@ -439,14 +453,17 @@ class FeatureStoreWriter:
     def _remove_temp_files(self) -> None:
         """Temp files are only ever written under the lock we now hold: any left are debris."""
         for leftover in self.root.glob(TEMP_PREFIX + "*"):
-            leftover.unlink()
+            leftover.unlink(missing_ok=True)
 
     def _write_manifest(self) -> None:
         shards = {
             name: {**entry, "keys": [list(key) for key in entry["keys"]]}
             for name, entry in self._shards.items()
         }
-        _write_json(self.root / MANIFEST_FILE, {"version": 1, "shards": shards})
+        try:
+            _write_json(self.root / MANIFEST_FILE, {"version": 1, "shards": shards})
+        except OSError as error:  # only a cache: the next open reads the shard footers instead
+            log.warning("%s: could not update %s (%s)", self.root, MANIFEST_FILE, error.strerror or error)
 
     # -- public API
 
@@ -458,6 +475,18 @@ class FeatureStoreWriter:
             self._pending.clear()
             self._pending_keys.clear()
         self.close()
+
+    def stored_hash(self, path: str) -> str | None:
+        """The content hash under which ``path`` is committed or buffered, if it is."""
+        pending = [t.content_hash for t in self._pending if t.path == str(path)]
+        return pending[0] if pending else self._stored_hash_of_path.get(str(path))
+
+    def discard_pending(self) -> list[str]:
+        """Drop the buffered (uncommitted) tracks, e.g. after a flush failed; their paths."""
+        paths = [track.path for track in self._pending]
+        self._pending.clear()
+        self._pending_keys.clear()
+        return paths
 
     def is_done(self, path: str, content_hash: str) -> bool:
         """True when this exact file version is committed or buffered in this writer."""
@@ -496,14 +525,15 @@ class FeatureStoreWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Commit every buffered track as one new shard (atomically); no-op when empty."""
+        """Commit every buffered track as one new shard (atomically); no-op when empty. On
+        OSError (a full disk) nothing is committed and the tracks stay buffered."""
         self._check_open()
         if not self._pending:
             return
         name = self._next_shard_name()
         table = self._pending_table()
         _, pq = _require_pyarrow()
-        _atomic_write(self.root / name, lambda handle: pq.write_table(table, handle))
+        atomic_write(self.root / name, lambda handle: pq.write_table(table, handle))
         keys = [(track.path, track.content_hash) for track in self._pending]
         stat = (self.root / name).stat()
         self._shards[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keys": keys}
@@ -556,6 +586,7 @@ class FeatureStoreWriter:
             "content_hash": pa.array([track.content_hash for track, _ in rows], pa.string()),
             "split": pa.array([track.split for track, _ in rows], pa.string()),
             "model": pa.array([self.meta.model] * len(rows), pa.string()),
+            "weights": pa.array([self.meta.weights] * len(rows), pa.string()),
             "level": pa.array([row.level for _, row in rows], pa.string()),
             "layers": pa.array([list(self.meta.layers)] * len(rows), pa.list_(pa.int16())),
             "window_start": pa.array([row.start for _, row in rows], pa.float64()),
@@ -569,6 +600,17 @@ class FeatureStoreWriter:
         keys = [[track.path, track.content_hash] for track in self._pending]
         table = pa.table(columns)
         return table.replace_schema_metadata({KEYS_METADATA: json.dumps(keys).encode()})
+
+
+def check_writable(root: str | os.PathLike[str]) -> None:
+    """One line, before any work, for a store folder that cannot be created or written."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"{root}: cannot create the store folder ({error.strerror or error})") from error
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise StoreError(f"{root}: the store folder is not writable")
 
 
 # ----------------------------------------------------------------------------- reader

@@ -195,6 +195,8 @@ def search(
     return SearchIndex(store, layer=layer, method=method, split=split).search(query_vectors, k=k)
 
 
-def format_results(results: Iterable[tuple[str, float]]) -> str:
-    """Tab-separated rank, score and path: one line per hit."""
-    return "\n".join(f"{rank}\t{score:.6f}\t{path}" for rank, (path, score) in enumerate(results, 1))
+def format_results(results: Iterable[tuple[str, float]], *, header: bool = False) -> str:
+    """Tab-separated rank, score and path: one line per hit, after a header line if asked."""
+    lines = ["rank\tscore\tpath"] if header else []
+    lines += [f"{rank}\t{score:.6f}\t{path}" for rank, (path, score) in enumerate(results, 1)]
+    return "\n".join(lines)

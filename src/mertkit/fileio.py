@@ -1,0 +1,173 @@
+"""Durable, atomic file output and the clean-up that goes with it: the one way mertkit writes.
+
+`atomic_write(target, write)` writes through a temporary file in the target's folder, flushes
+and fsyncs it, renames it over the target and fsyncs the folder, so the target is either the
+old file or the complete new one, also after a power cut. The temporary file is removed on any
+error (KeyboardInterrupt and SystemExit included), and the new file gets the permissions any
+other program would give it: 0o666 less the user's umask (mkstemp alone makes them 0o600).
+
+Temporary names are `.tmp-<host>-<pid>-<random>`: `remove_stale_temps(folder)` deletes those
+left by a process of this host that no longer runs (a run killed with SIGKILL), and leaves
+every other file alone, including the temps of live runs.
+
+`terminate_raises()` makes SIGTERM and SIGHUP raise `Terminated` (a SystemExit, exit status
+128 + signal) in the main thread, and SIGINT raise KeyboardInterrupt, for the length of a
+block: `finally` clauses then run and remove temps, where the default action would kill the
+process on the spot.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Terminated",
+    "atomic_write",
+    "current_umask",
+    "make_temp_dir",
+    "remove_stale_temps",
+    "temp_prefix",
+    "terminate_raises",
+]
+
+TEMP_MARK = ".tmp-"
+# Our temp names: .tmp-<8 hex of the host name>-<pid>-<anything>.
+_TEMP_NAME = re.compile(r"^\.tmp-([0-9a-f]{8})-(\d+)-")
+_UMASK_LOCK = threading.Lock()
+
+
+def _host_tag() -> str:
+    return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def temp_prefix() -> str:
+    """The start of every temp name this process creates (see the module docstring)."""
+    return f"{TEMP_MARK}{_host_tag()}-{os.getpid()}-"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass  # not Linux: the set-and-restore below is the only portable way to read it
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[Any], None], *, mode: str = "wb") -> Path:
+    """Write `target` through `write(handle)` (binary, or text with mode="w"), atomically and
+    durably; see the module docstring. OSError (a full disk, a read-only folder, a name too
+    long) reaches the caller with no temp file left behind."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    target = Path(target)
+    fd, temp_name = tempfile.mkstemp(prefix=temp_prefix(), dir=target.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def make_temp_dir(parent: str | os.PathLike) -> Path:
+    """A private temp folder in `parent`, named so that `remove_stale_temps` recognises it."""
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(), dir=parent))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename inside `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temps in `folder` whose process (on this host) has ended; return them."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed  # a folder we cannot list holds nothing we could have written
+    host = _host_tag()
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or match.group(1) != host or _alive(int(match.group(2))):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # another run cleaned it first
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM or SIGHUP inside `terminate_raises()`."""
+
+
+def _raise_for(signum: int, frame: object) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM/SIGHUP raise instead of killing the process (see the
+    module docstring); the previous handlers come back afterwards. Signals a caller chose to
+    ignore (SIG_IGN, e.g. SIGINT of a background job) or to handle itself stay as they are;
+    outside the main thread nothing changes (Python runs handlers only there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        current = signal.getsignal(signum)
+        if current in (signal.SIG_DFL, signal.default_int_handler):
+            previous[signum] = signal.signal(signum, _raise_for)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
