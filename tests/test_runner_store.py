@@ -120,7 +120,7 @@ def test_missing_file_is_reported_in_store_mode(model, audio, tmp_path):
     report = run_extract(model, [audio / "a.wav", audio / "gone.wav"], None, OPTIONS, progress=False,
                          store=StoreOptions(tmp_path / "s"))
     assert report.done == [str(audio / "a.wav")]
-    assert report.failed[0][0] == str(audio / "gone.wav") and "No such file" in report.failed[0][1]
+    assert report.failed[0][0] == str(audio / "gone.wav") and report.failed[0][1] == "file not found"
 
 
 # ----------------------------------------------------------------------------- SIGKILL resume

@@ -195,14 +195,14 @@ def test_cli_embeds_query_audio_with_the_store_model(
     monkeypatch.setattr(provenance, "model_for_store", fake_model_for_store)
     monkeypatch.setattr(provenance, "embed_like_store", fake_embed)
     result = CliRunner().invoke(
-        search_command, ["--store", str(store_dir), str(audio), "--layer", "1", "-k", "2"]
+        search_command, ["--store", str(store_dir), str(audio), "--layers", "1", "-k", "2", "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
     assert calls == [("load", "tiny/test-model", None, "cpu"), ("embed", "model-object", audio, LAYERS, "mean", 2.5)]
     (path, score), _ = parse_output(result.output)
     assert path == "t04.wav" and score == pytest.approx(1.0, abs=1e-5)
     as_json = CliRunner().invoke(
-        search_command, ["--store", str(store_dir), str(audio), "--layer", "1", "-k", "2", "--json", "-m", "X"]
+        search_command, ["--store", str(store_dir), str(audio), "--layers", "1", "-k", "2", "--json", "-m", "X"]
     )
     assert as_json.exit_code == 0, as_json.output
     parsed = json.loads(as_json.output)

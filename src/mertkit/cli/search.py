@@ -14,6 +14,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mertkit.cli.options import device_option, examples, install_hint, model_option, verbosity
+
 __all__ = ["search"]
 
 
@@ -31,7 +33,10 @@ def _embed_query(store: object, audio: Path, model: str | None, device: str) -> 
     return embed_like_store(model_for_store(meta, model, device=device), meta, audio)
 
 
-@click.command("search")
+@click.command("search", epilog=examples(
+    "mert search --store feats.parquet/ query.mp3 -k 10 --layers 7",
+    "mert search --store feats.parquet/ query.mp3 --json",
+))
 @click.option(
     "--store",
     "store_dir",
@@ -50,7 +55,9 @@ def _embed_query(store: object, audio: Path, model: str | None, device: str) -> 
     help="Precomputed query: .npy of shape [width] or [layers, width]; replaces QUERY_AUDIO.",
 )
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Hits to show.")
-@click.option("--layer", type=int, default=None, help="Hidden-state index to compare [default: last stored].")
+@click.option("--layers", "layer", type=int, default=None,
+              help="The hidden-state index to compare [default: the last stored].")
+@click.option("--layer", "layer_alias", type=int, default=None, hidden=True)  # the old spelling, deprecated
 @click.option(
     "--method",
     type=click.Choice(["auto", "exact", "chunked", "faiss"]),
@@ -59,27 +66,25 @@ def _embed_query(store: object, audio: Path, model: str | None, device: str) -> 
     help="Search back-end (faiss needs mertkit[search]).",
 )
 @click.option("--split", default=None, help="Only search tracks of this split.")
-@click.option("--model", "-m", "model", default=None,
-              help="Model to embed QUERY_AUDIO with [default: the one the store records]; its weights must be "
-                   "the store's.")
-@click.option("--device", default="cpu", show_default=True, help="Device to embed QUERY_AUDIO on.")
+@model_option(required=False, help="Model to embed QUERY_AUDIO with [default: the one the store records]; its "
+                                    "weights must be the store's.")
+@device_option("Where QUERY_AUDIO is embedded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+@verbosity
 def search(
     store_dir: Path,
     query_audio: Path | None,
     query_vector: Path | None,
     k: int,
     layer: int | None,
+    layer_alias: int | None,
     method: str,
     split: str | None,
     model: str | None,
     device: str,
     as_json: bool,
 ) -> None:
-    """Print the K stored tracks most similar to QUERY_AUDIO: rank, cosine score, path.
-
-    Example: mert search --store feats.parquet/ query.mp3 -k 10 --layer 7
-    """
+    """Print the K stored tracks most similar to QUERY_AUDIO: rank, cosine score, path."""
     import mertkit.store.search as search_module
     from mertkit import store as store_module
     from mertkit.audio import AudioError
@@ -87,6 +92,9 @@ def search(
 
     if (query_audio is None) == (query_vector is None):
         raise click.UsageError("give exactly one of QUERY_AUDIO or --query-vector")
+    if layer_alias is not None:
+        click.echo("--layer is deprecated: use --layers", err=True)
+        layer = layer if layer is not None else layer_alias
     try:
         store = store_module.open(store_dir)
         chosen_layer = store.meta.layers[-1] if layer is None else layer
@@ -95,8 +103,10 @@ def search(
         results = search_module.search(
             store, query, layer=chosen_layer, k=k, method=method, split=split
         )
-    except (store_module.StoreError, search_module.SearchError, ExtractError, AudioError, ImportError) as error:
+    except (store_module.StoreError, search_module.SearchError, ExtractError, AudioError) as error:
         raise click.ClickException(str(error)) from error
+    except ImportError as error:
+        raise click.ClickException(install_hint(error)) from error
     if as_json:
         hits = [{"rank": rank, "score": score, "path": path} for rank, (path, score) in enumerate(results, 1)]
         click.echo(json.dumps({"store": str(store_dir), "layer": chosen_layer, "hits": hits}, indent=1))
