@@ -11,6 +11,7 @@ from mertkit.eval.datasets import TaskSpec
 from mertkit.eval.features import from_arrays
 from mertkit.eval.probes import ProbeConfig, run_probe
 from mertkit.eval.report import markdown_table, write_report
+from mertkit.eval.saved_probe import load_probe
 
 torch.set_num_threads(1)
 
@@ -62,6 +63,8 @@ def test_probe_command(tmp_path):
     assert payload["model"] == "toy-model"
     assert payload["results"][0]["best_layer"] == 2
     assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "layers.png").is_file()
+    saved = load_probe(tmp_path / "out")  # the best probe, for `mert serve --probe`
+    assert saved.layer == 2 and saved.task.labels == ("rock", "pop") and saved.model == "toy-model"
 
     other_task = json.dumps({"name": "genre", "kind": "multiclass", "labels": ["rock", "jazz"]})
     bad = CliRunner().invoke(probe, args[:5] + [other_task] + args[6:])

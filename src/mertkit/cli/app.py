@@ -22,6 +22,7 @@ COMMANDS = {
     "eval": ("mertkit.cli.evaluate:evaluate", "Extract, cache and probe a model on a benchmark suite."),
     "bench-suite": ("mertkit.cli.bench_suite:bench_suite", "Render the offline synthetic music benchmark."),
     "search": ("mertkit.cli.search:search", "Nearest tracks in a feature store for a query audio file."),
+    "serve": ("mertkit.cli.serve:serve", "A local web page over a feature store: neighbours, map, probe."),
 }
 
 

@@ -61,7 +61,7 @@ def _load_task(value: str):  # type: ignore[no-untyped-def]
 @click.option("--batch-size", type=click.IntRange(0, 1_000_000), default=64, show_default=True,
               help="Mini-batch size; 0 for full batch.")
 @click.option("--model-name", default="", help="Label for the table and plot (default: from the features).")
-@out_option("Folder for results.json, results.md and layers.png.", path_type=Path)
+@out_option("Folder for results.json, results.md, layers.png and probe.safetensors (the best probe).", path_type=Path)
 @verbosity
 def probe(features_dir: Path, manifest: Path, task_value: str, layer: str, layer_alias: str | None, probe_kind: str,
           seeds: tuple[int, ...], lrs: tuple[float, ...], epochs: int, patience: int, batch_size: int, model_name: str,
@@ -71,6 +71,7 @@ def probe(features_dir: Path, manifest: Path, task_value: str, layer: str, layer
     from mertkit.eval.features import from_safetensors_dir
     from mertkit.eval.probes import ProbeConfig, ProbeError, run_probe
     from mertkit.eval.report import write_report
+    from mertkit.eval.saved_probe import FILE_NAME, save_probe
 
     if layer_alias is not None:
         click.echo("--layer is deprecated: use --layers", err=True)
@@ -88,6 +89,7 @@ def probe(features_dir: Path, manifest: Path, task_value: str, layer: str, layer
         raise click.ClickException(str(error)) from error
     model = model_name or str(data.meta.get("model") or features_dir.name)
     paths = write_report([result], out, model)
+    paths["probe"] = save_probe(result, task, data, cfg, out / FILE_NAME)  # what `mert serve --probe` loads
     click.echo(f"{task.name}: {task.metric} = {100 * result.score:.1f} ± {100 * result.test_std[task.metric]:.1f} (×100)")
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")

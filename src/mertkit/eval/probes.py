@@ -41,7 +41,9 @@ from mertkit.eval import metrics
 from mertkit.eval.datasets import TaskSpec
 from mertkit.eval.features import FeatureSplits, SplitData
 
-__all__ = ["ProbeConfig", "ProbeResult", "SeedRun", "TaskSpec", "FeatureSplits", "run_probe", "ProbeError"]
+__all__ = [
+    "ProbeConfig", "ProbeResult", "SeedRun", "TaskSpec", "TrainedProbe", "FeatureSplits", "run_probe", "ProbeError",
+]
 
 LayerChoice = int | Literal["all", "weighted", "conv1d"]
 
@@ -83,6 +85,16 @@ class ProbeConfig:
 
 
 @dataclass
+class TrainedProbe:
+    """Weights of one trained probe and, for regression, the training targets' mean and std:
+    what `mertkit.eval.saved_probe` writes to disk. Never part of the JSON results."""
+
+    state: dict[str, torch.Tensor]
+    target_mean: list[float] | None = None
+    target_std: list[float] | None = None
+
+
+@dataclass
 class SeedRun:
     seed: int
     lr: float
@@ -90,6 +102,7 @@ class SeedRun:
     test_scores: dict[str, float]
     epochs: int
     layer_weights: list[float] | None = None
+    trained: TrainedProbe | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -109,6 +122,8 @@ class ProbeResult:
     layer_weights: list[float] | None = None
     best_layer: int | None = None
     per_layer: list[ProbeResult] = field(default_factory=list)
+    # The best-validation seed of the best learning rate (for "all": of the best layer).
+    trained: TrainedProbe | None = field(default=None, repr=False, compare=False)
 
     @property
     def score(self) -> float:
@@ -116,7 +131,12 @@ class ProbeResult:
         return self.test_mean[self.metric]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self, dict_factory=_without_weights)
+
+
+def _without_weights(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """asdict's dict_factory: the JSON view leaves the trained weights out."""
+    return {key: value for key, value in items if key != "trained"}
 
 
 def run_probe(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> ProbeResult:
@@ -195,6 +215,9 @@ def _run_setting(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> Probe
     valid_by_lr = {lr: float(np.mean([run.valid_score for run in runs])) for lr, runs in runs_by_lr.items()}
     best_lr = max(cfg.lrs, key=lambda lr: valid_by_lr[lr])  # ties: the first lr in the grid
     runs = runs_by_lr[best_lr]
+    trained = max(runs, key=lambda run: run.valid_score).trained  # ties: the first seed
+    for run in (run for lr_runs in runs_by_lr.values() for run in lr_runs):
+        run.trained = None  # keep one set of weights per setting, not one per run
     names = runs[0].test_scores.keys()
     weights = [run.layer_weights for run in runs if run.layer_weights is not None]
     return ProbeResult(
@@ -209,6 +232,7 @@ def _run_setting(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> Probe
         runs=runs,
         valid_by_lr={repr(lr): score for lr, score in valid_by_lr.items()},
         layer_weights=np.mean(weights, axis=0).tolist() if weights else None,
+        trained=trained,
     )
 
 
@@ -237,7 +261,12 @@ def _train_seed(
         model.load_state_dict(best_state)
         test_scores = _evaluate(model, splits["test"], task, data, cfg, scaler)
     weights = model.aggregator.layer_weights() if model.aggregator is not None else None
-    return SeedRun(seed, lr, float(best_score), test_scores, epoch, weights)
+    trained = TrainedProbe(
+        best_state,
+        None if scaler.mean is None else scaler.mean.tolist(),
+        None if scaler.std is None else scaler.std.tolist(),
+    )
+    return SeedRun(seed, lr, float(best_score), test_scores, epoch, weights, trained)
 
 
 def _build_model(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> Probe:
