@@ -15,7 +15,8 @@ from pathlib import Path
 import mertkit
 from mertkit.cli.demo_assets import demo_model_dir
 from mertkit.extraction.engine import ExtractOptions
-from mertkit.extraction.runner import StoreOptions, embed_like_store, run_extract
+from mertkit.extraction.provenance import embed_like_store
+from mertkit.extraction.runner import StoreOptions, run_extract
 from mertkit.store import open as open_store
 from mertkit.store.search import SearchIndex, format_results
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float]]:
     index = SearchIndex(store, layer=layer)  # build once, ask many queries
     query = args.query or Path(store.keys()[0][0])
     # The query is embedded exactly like the stored tracks (same layers, pooling and windows).
-    hits = index.search(embed_like_store(store.meta, query, model), k=args.k)
+    hits = index.search(embed_like_store(model, store.meta, query), k=args.k)
     print(f"tracks nearest to {query.name} (layer {layer}, cosine):")
     print(format_results(hits))
     return hits

@@ -211,6 +211,50 @@ def test_cli_embeds_query_audio_with_the_store_model(
     assert calls[-2][2] == "X"  # --model reaches the loader
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from mertkit.models.checkpoint import save_pretrained
+    from mertkit.models.hubert.model import MertModel
+    from model_fixtures import tiny_config
+
+    torch.manual_seed(0)
+    return save_pretrained(MertModel(tiny_config("post_ln")), tmp_path_factory.mktemp("models") / "tiny",
+                           do_normalize=True)
+
+
+@pytest.mark.parametrize("window, hop", [(0.0, None), (1.0, 0.5)], ids=["whole-file", "overlapping-windows"])
+def test_query_audio_is_embedded_exactly_like_the_stored_tracks(
+    tiny_checkpoint: Path, tmp_path: Path, window: float, hop: float | None
+) -> None:
+    """No fakes: a real store, a real query path (the one `mert search` and `mert serve` use)."""
+    from audio_fixtures import write_tone
+    from mertkit.extraction.engine import ExtractOptions
+    from mertkit.extraction.provenance import embed_like_store, model_for_store
+    from mertkit.extraction.runner import StoreOptions, run_extract
+    from mertkit.models.checkpoint import load
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    # Longer than the 5 s default window: a whole-file store must not be queried in 5 s windows.
+    write_tone(folder / "a.wav", seconds=6.0, sample_rate=44100, channels=2)
+    write_tone(folder / "b.flac", seconds=1.6, sample_rate=24000, channels=1, freq=330)
+    options = ExtractOptions(layers=(1, 3), pool="mean", window=window, hop=hop)
+    run_extract(load(tiny_checkpoint), [folder], None, options, progress=False,
+                store=StoreOptions(tmp_path / "store", dtype="float32"))
+    store = FeatureStore(tmp_path / "store")
+    model = model_for_store(store.meta)  # from the folder the store recorded
+    for position, layer in enumerate(LAYERS):
+        stored, paths = store.load(layer=layer)
+        for vector, path in zip(stored, paths):
+            np.testing.assert_allclose(embed_like_store(model, store.meta, path)[position], vector, rtol=0, atol=1e-6)
+    result = CliRunner().invoke(search_command, ["--store", str(tmp_path / "store"), str(folder / "b.flac"), "-k", "2"])
+    assert result.exit_code == 0, result.output
+    (path, score), _ = parse_output(result.output)
+    assert Path(path).name == "b.flac" and score == pytest.approx(1.0, abs=1e-5)
+
+
 def test_cli_store_without_a_model_record_asks_for_model(store_dir: Path, tmp_path: Path) -> None:
     audio = tmp_path / "q.wav"
     audio.write_bytes(b"RIFF")

@@ -58,7 +58,7 @@ def build_catalog(root: Path) -> BuiltCatalog:
     checkpoint = save_pretrained(MertModel(tiny_config("post_ln")), root / "tiny-mert", do_normalize=False)
     model = mertkit.load(checkpoint)
     extractor = Extractor(model, OPTIONS)
-    meta = dataclasses.replace(store_meta(model, extractor, "float32"), model=str(checkpoint))
+    meta = store_meta(model, extractor, "float32")  # records the checkpoint folder the model came from
     audio, labels, splits = [], [], []
     (root / "audio").mkdir(exist_ok=True)
     store = root / "store"

@@ -102,13 +102,13 @@ class Catalog:
         self,
         store: FeatureStore,
         *,
-        model: Any = None,
+        model: str | os.PathLike[str] | None = None,
         probe: Any = None,
         audio_root: str | os.PathLike[str] | None = None,
     ) -> None:
         self.store = store
         self.meta = store.meta
-        self.model_spec = model  # None: the store's model; a name / directory / loaded MertModel
+        self.model_spec = model  # None: the model the store records; else a name, hub id or directory
         self.probe = probe
         self.audio_root = Path(audio_root) if audio_root is not None else Path.cwd()
         self.tracks = self._read_tracks()
@@ -322,43 +322,29 @@ class Catalog:
     def _embed(self, path: Path, name: str) -> np.ndarray:
         from mertkit.audio import AudioError
         from mertkit.extraction.engine import ExtractError
-        from mertkit.extraction.runner import embed_like_store
+        from mertkit.extraction.provenance import embed_like_store
 
         # One forward pass at a time: the model is shared and a second would only compete for cores.
         with self._model_lock:
             if self._loaded_model is None:
                 self._loaded_model = self._load_model()
             try:
-                return embed_like_store(self.meta, path, self._loaded_model)
+                return embed_like_store(self._loaded_model, self.meta, path)
             except (AudioError, ExtractError) as error:
                 raise ServeError(f"{name}: {_without_path(str(error), path)}") from error
 
     def _load_model(self) -> Any:
-        """The query model, checked to make vectors of the store's shape."""
-        import mertkit
+        """The store's model (or --model), its weights checked against the store's fingerprint."""
         from mertkit.extraction.engine import ExtractError
-        from mertkit.extraction.runner import check_model_fits
-        from mertkit.models.checkpoint import CheckpointError
+        from mertkit.extraction.provenance import model_for_store
 
-        model = self.model_spec
         try:
-            if model is None or isinstance(model, (str, os.PathLike)):
-                model = mertkit.load(self.meta.model if model is None else model)
-            check_model_fits(self.meta, model)
-        except CheckpointError as error:
-            raise ServeError(f"cannot load the model for queries ({error}); start `mert serve` with --model", 500) from error
+            return model_for_store(self.meta, self.model_spec)
         except ExtractError as error:
-            raise ServeError(f"cannot embed queries: {error}; start `mert serve` with --model", 500) from error
-        return model
+            raise ServeError(f"cannot load the model for queries: {error}", 500) from error
 
     def _query_model_name(self) -> str:
-        spec = self.model_spec
-        if spec is None:
-            return self.meta.model
-        if isinstance(spec, (str, os.PathLike)):
-            return str(spec)
-        info = getattr(spec, "info", None)
-        return info.name if info is not None else type(spec).__name__
+        return self.meta.model if self.model_spec is None else str(self.model_spec)
 
     def _probe_info(self) -> dict[str, Any] | None:
         probe = self.probe
