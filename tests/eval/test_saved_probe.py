@@ -94,3 +94,17 @@ def test_bad_files_and_wrong_features_are_one_line_errors(tmp_path):
     unnamed = load_probe(save_probe(run_probe(task, bare, cfg), task, bare, cfg, tmp_path / "bare.safetensors"))
     with pytest.raises(SavedProbeError, match="does not record which hidden states"):
         unnamed.predict(np.zeros((4, 6)), HIDDEN_STATES)
+
+
+def test_the_probe_file_follows_the_umask(tmp_path):
+    import os
+
+    data = clip_data("multiclass")
+    task = TaskSpec("colour", "multiclass", 3)
+    cfg = ProbeConfig(layer=1, **{**FAST, "max_epochs": 2})
+    previous = os.umask(0o022)
+    try:
+        path = save_probe(run_probe(task, data, cfg), task, data, cfg, tmp_path / FILE_NAME)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644 and list(tmp_path.iterdir()) == [path]  # no temp left

@@ -94,8 +94,10 @@ class SavedProbe:
 def save_probe(
     result: ProbeResult, task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig, path: str | os.PathLike[str]
 ) -> Path:
-    """Write ``result``'s trained probe to ``path`` (safetensors; written whole, then renamed)."""
-    from safetensors.torch import save_file
+    """Write ``result``'s trained probe to ``path`` (safetensors, atomically, with the user's umask)."""
+    from safetensors.torch import save
+
+    from mertkit.fileio import atomic_write
 
     if result.trained is None:
         raise SavedProbeError(f"task {task.name!r}: the probe result holds no trained weights")
@@ -115,15 +117,9 @@ def save_probe(
         "target_std": result.trained.target_std,
         "scores": {"metric": result.metric, "test_mean": result.test_mean, "valid_mean": result.valid_mean},
     }
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {name: value.detach().contiguous() for name, value in result.trained.state.items()}
-    try:
-        save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(spec)})
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    payload = save(tensors, metadata={METADATA_KEY: json.dumps(spec)})
+    return atomic_write(path, lambda handle: handle.write(payload))
 
 
 def load_probe(path: str | os.PathLike[str]) -> SavedProbe:
