@@ -190,7 +190,50 @@ def test_corpus_is_musical_deterministic_and_seed_dependent(tmp_path) -> None:
         assert rate == SR and audio.shape == (2 * SR,) == (int(row["num_samples"]),)
         assert np.isfinite(audio).all() and np.sqrt(np.mean(audio**2)) > 1e-2
         assert np.abs(audio).max() <= 0.951
-        assert 70 <= float(row["tempo_bpm"]) <= 160
+        assert 60 <= float(row["tempo_bpm"]) <= 270 and row["meter"] in ("4/4", "3/4", "6/8", "5/4")
     # Clip i does not depend on how many clips are rendered.
     render_corpus(tmp_path / "d", n_clips=1, seconds=2.0, seed=5)
     assert (tmp_path / "d" / "clips" / "000000.wav").read_bytes() == paths[0].read_bytes()
+
+
+def test_corpus_resumes_and_skips_finished_clips(tmp_path) -> None:
+    from mertkit.synth.corpus import render_clip
+
+    paths = render_corpus(tmp_path / "a", n_clips=2, seconds=1.0, seed=1)
+    before = _digest(tmp_path / "a")
+    paths[1].write_bytes(paths[1].read_bytes()[:100])  # a torn clip from a killed run
+    assert render_clip(tmp_path / "a", 1, 0, 1.0, SR, None) is False  # finished: skipped
+    render_corpus(tmp_path / "a", n_clips=2, seconds=1.0, seed=1)
+    assert _digest(tmp_path / "a") == before
+    assert not list((tmp_path / "a").rglob("*.tmp*"))
+
+
+def test_corpus_hours_and_bad_arguments(tmp_path) -> None:
+    from mertkit.synth.corpus import clip_count
+
+    assert clip_count(20.0, None, 30.0) == 2400 and clip_count(None, 7, 30.0) == 7
+    with pytest.raises(RenderError, match="exactly one"):
+        clip_count(1.0, 3, 30.0)
+    with pytest.raises(RenderError):
+        render_corpus(tmp_path, n_clips=0)
+
+
+def test_corpus_streams_are_disjoint_from_the_benchmark_suite() -> None:
+    """Corpus clip i draws from [seed, CORPUS_STREAM, i]; suite clips from [seed, task, i], task < len(TASKS)."""
+    from mertkit.synth.corpus import CORPUS_STREAM, corpus_rng
+    from mertkit.synth.suite import TASKS
+
+    assert CORPUS_STREAM >= len(TASKS)
+    corpus_draws = {tuple(corpus_rng(seed, i).integers(0, 2**62, 2)) for seed in range(3) for i in range(50)}
+    suite_draws = {tuple(np.random.default_rng([seed, task, i]).integers(0, 2**62, 2))
+                   for seed in range(3) for task in range(len(TASKS)) for i in range(50)}
+    assert len(corpus_draws) == 150 and not corpus_draws & suite_draws
+
+
+def test_corpus_pieces_cover_modes_meters_and_programs() -> None:
+    from mertkit.synth.corpus import _random_piece
+
+    metas = [_random_piece(0, i, 20.0)[1] for i in range(60)]
+    assert {m["meter"] for m in metas} == {"4/4", "3/4", "6/8", "5/4"}
+    assert {m["key"].split()[1] for m in metas} == {"major", "minor", "dorian", "mixolydian"}
+    assert len({p for m in metas for p in m["programs"]}) > 30

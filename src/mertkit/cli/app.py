@@ -15,8 +15,11 @@ from mertkit.cli.options import examples, install_hint
 COMMANDS = {
     "extract": ("mertkit.cli.extract:extract", "Extract hidden states from audio files into safetensors."),
     "demo": ("mertkit.cli.demo:demo", "Run extraction on the shipped example audio (works offline)."),
-    "labels": ("mertkit.cli.labels:labels", "Compute pre-training labels (EnCodec codes) for a corpus."),
+    "labels": ("mertkit.cli.labels:labels", "Compute pre-training labels (EnCodec / codec / k-means / BEST-RQ codes)."),
     "pretrain": ("mertkit.cli.pretrain:pretrain", "Pre-train a MERT model (the MERT-v1 recipe)."),
+    "pretrain-diagnose": ("mertkit.cli.pretrain_diagnose:pretrain_diagnose",
+                          "Label quality, gradient shares and probe curves of a pre-training run."),
+    "synth-corpus": ("mertkit.cli.synth_corpus:synth_corpus", "Render the synthetic MIDI pre-training corpus."),
     "export": ("mertkit.cli.export:export", "Export a pre-training checkpoint to the official layout."),
     "probe": ("mertkit.cli.probe:probe", "Train probes on cached features (MARBLE-style)."),
     "eval": ("mertkit.cli.evaluate:evaluate", "Extract, cache and probe a model on a benchmark suite."),

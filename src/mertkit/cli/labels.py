@@ -1,31 +1,75 @@
-"""`mert labels`: compute a corpus's pre-training teacher labels (EnCodec codes) offline.
+"""`mert labels`: compute a corpus's pre-training teacher labels offline.
 
-    mert labels --teacher encodec --weights PATH IN_DIR -o OUT_DIR [--device auto] [--bandwidth 6]
+    mert labels IN_DIR -o OUT_DIR --teacher encodec --weights PATH [--bandwidth 6]
+    mert labels IN_DIR -o OUT_DIR --teacher bestrq  [--codebooks 8] [--codebook-size 1024] [--seed 0]
+    mert labels IN_DIR -o OUT_DIR --teacher kmeans  [--codebook-size 100] [--features logmel_chroma]
+    mert labels IN_DIR -o OUT_DIR --teacher codec   --train-teacher [--train-steps 2000]
+    mert labels IN_DIR -o OUT_DIR --teacher codec   --teacher-file codec.pt
+
+Teachers other than EnCodec are fitted (bestrq: feature statistics; kmeans: centroids; codec:
+trained with `--train-teacher`) on IN_DIR and saved as `OUT_DIR/teacher.*`, which a rerun
+reuses (so a resumed run labels with the same teacher), or read from `--teacher-file`.
 
 Writes `OUT_DIR/codes/<audio>.npy` and `OUT_DIR/manifest.jsonl` (see `mertkit.pretrain.labels`),
-validates the result, prints a summary and exits with status 1 when any file failed.
-Re-running the same command resumes: finished files are skipped.
+validates the result, then checks every codebook's usage and perplexity
+(`OUT_DIR/label_report.json`) and refuses degenerate labels with exit status 1. `--report
+SUITE_DIR` adds how much the codes say about pitch / instrument / key of the benchmark suite.
+Exits with status 1 when any file failed. Re-running the same command resumes.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from mertkit.cli.options import FiniteFloat, device_option, examples, max_duration_value, out_option, verbosity
+from mertkit.cli.options import FiniteFloat, device_option, examples, max_duration_value, out_option, quiet, verbosity
 
 __all__ = ["labels"]
 
 MAX_FAILURES_SHOWN = 20
+TEACHERS = ("encodec", "codec", "kmeans", "bestrq")
+TEACHER_FILES = {"codec": "teacher.pt", "kmeans": "teacher.npz", "bestrq": "teacher.npz"}
 
 
-def _load_teacher(weights: Path, device: str, bandwidth: float):
+def _encodec(weights: Path | None, device: str, bandwidth: float):
     from mertkit.pretrain.teachers.encodec import EncodecError, EncodecTeacher, load_encodec
 
+    if weights is None:
+        raise click.UsageError("--teacher encodec needs --weights")
     try:
         return EncodecTeacher(load_encodec(weights, device=device), bandwidth=bandwidth)
     except EncodecError as error:
         raise click.ClickException(str(error)) from None
+
+
+def _fitted(kind: str, in_dir: Path, out_dir: Path, teacher_file: Path | None, opts: dict, log) -> object:
+    """Load the teacher file (given, or left by an earlier run), else fit / train and save it."""
+    from mertkit.pretrain.kmeans import KMeansLabeller, fit_kmeans
+    from mertkit.pretrain.teachers.bestrq import BestRQTeacher, fit_bestrq
+    from mertkit.pretrain.teachers.codec import CodecConfig, CodecTeacher, train_codec
+
+    loaders = {"codec": CodecTeacher.load, "kmeans": KMeansLabeller.load, "bestrq": BestRQTeacher.load}
+    saved = out_dir / TEACHER_FILES[kind]
+    path = teacher_file or (saved if saved.is_file() else None)
+    if path is not None:
+        log(f"{kind}: teacher from {path}")
+        return loaders[kind](path)
+    size = opts["codebook_size"]
+    if kind == "bestrq":
+        teacher = fit_bestrq(in_dir, num_codebooks=opts["codebooks"], codebook_size=size or 1024, seed=opts["seed"])
+    elif kind == "kmeans":
+        teacher = fit_kmeans(in_dir, size or 100, features=opts["features"], seed=opts["seed"])
+    else:
+        if not opts["train_teacher"]:
+            raise click.UsageError("--teacher codec needs --teacher-file, or --train-teacher to train one on IN_DIR")
+        cfg = CodecConfig(codebooks=opts["codebooks"], codebook_size=size or 1024)
+        codec, _ = train_codec(in_dir, cfg, steps=opts["train_steps"], seed=opts["seed"], log=log)
+        teacher = CodecTeacher(codec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher.save(saved)
+    log(f"{kind}: teacher fitted on {in_dir}, saved to {saved}")
+    return teacher
 
 
 def _print_failures(failed: list[tuple[str, str]]) -> None:
@@ -35,47 +79,97 @@ def _print_failures(failed: list[tuple[str, str]]) -> None:
         click.echo(f"  ... and {len(failed) - MAX_FAILURES_SHOWN} more (see the manifest)", err=True)
 
 
-@click.command("labels", epilog=examples("mert labels --weights encodec_24khz/ audio/ -o labels/"))
-@click.option(
-    "--teacher", type=click.Choice(["encodec"]), default="encodec", show_default=True,
-    help="Label teacher (MERT-v1: EnCodec 24 kHz codes).",
-)
-@click.option(
-    "--weights", required=True, type=click.Path(exists=True, path_type=Path),
-    help="EnCodec weights: a Hugging Face facebook/encodec_24khz directory, a .safetensors file, "
-    "or the original encodec_24khz-d7cc33bc.th.",
-)
-@device_option("Where the teacher runs.")
-@click.option(
-    "--bandwidth", type=FiniteFloat(min=0, min_open=True), default=6.0, show_default=True,
-    help="EnCodec bandwidth in kbps (6 -> 8 codebooks, the MERT-v1 recipe).",
-)
+def _health_report(labeller, out_dir: Path, suite: Path | None, min_usage: float, min_perplexity: float) -> list[str]:
+    """Write OUT_DIR/label_report.json; returns the degenerate-codebook problems."""
+    from dataclasses import asdict
+
+    from mertkit.audio import load_audio
+    from mertkit.pretrain.diagnostics import code_information, label_dir_stats, label_health_problems
+
+    stats = label_dir_stats(out_dir)
+    report: dict = {"teacher": labeller.name, "codebooks": [asdict(s) for s in stats]}
+    if suite is not None:
+        report["suite"] = code_information(
+            lambda path: labeller.codes(load_audio(path, labeller.sample_rate)).astype("int64"), suite,
+            labeller.codebook_size,
+        )
+    (out_dir / "label_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return label_health_problems(stats, min_usage=min_usage, min_perplexity=min_perplexity)
+
+
+@click.command("labels", epilog=examples("mert labels --weights encodec_24khz/ audio/ -o labels/",
+                                         "mert labels audio/ -o labels/ --teacher bestrq"))
+@click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@out_option("Label folder (codes/, manifest.jsonl, the fitted teacher, label_report.json).", path_type=Path)
+@click.option("--teacher", type=click.Choice(TEACHERS), default="encodec", show_default=True,
+              help="encodec: EnCodec 24 kHz codes (MERT-v1); codec: mertkit's own RVQ codec; kmeans: "
+              "MERT-v0-style clusters; bestrq: random-projection quantiser on log-mel.")
+@click.option("--weights", type=click.Path(exists=True, path_type=Path),
+              help="EnCodec weights: a facebook/encodec_24khz directory, a .safetensors file, or encodec_24khz-d7cc33bc.th.")
+@click.option("--bandwidth", type=FiniteFloat(min=0, min_open=True), default=6.0, show_default=True,
+              help="EnCodec bandwidth in kbps (6 -> 8 codebooks, the MERT-v1 recipe).")
+@click.option("--teacher-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A fitted codec / kmeans / bestrq teacher (default: OUT_DIR's, else fit one on IN_DIR).")
+@click.option("--train-teacher", is_flag=True, help="codec: train the codec on IN_DIR first (minutes to hours).")
+@click.option("--train-steps", type=int, default=2000, show_default=True, help="codec training updates.")
+@click.option("--codebooks", type=int, default=8, show_default=True, help="codec / bestrq codebooks.")
+@click.option("--codebook-size", type=int, default=None, help="Codes per codebook [codec, bestrq: 1024; kmeans: 100].")
+@click.option("--features", type=click.Choice(["logmel_chroma", "mfcc", "logmel"]), default="logmel_chroma",
+              show_default=True, help="kmeans frame features.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fitted teacher.")
+@device_option("Where the encodec teacher runs.")
 @click.option(
     "--max-duration", default=None, callback=lambda c, p, v: max_duration_value(v),
     help="Longest input in seconds, checked from the file's header before decoding (default: 14400, 4 h); "
     "0 or 'none': no limit.",
 )
-@click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@out_option("Label folder (codes/ and manifest.jsonl).", path_type=Path)
+@click.option("--report", "suite", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A benchmark suite folder (`mert bench-suite`): also report what the codes say about its labels.")
+@click.option("--min-usage", type=float, default=0.05, show_default=True,
+              help="Refuse a codebook using fewer than this fraction of min(codebook size, frames) codes.")
+@click.option("--min-perplexity", type=float, default=4.0, show_default=True,
+              help="Refuse a codebook whose code perplexity is below this.")
 @verbosity
-def labels(teacher: str, weights: Path, device: str, bandwidth: float, max_duration: float | None,
-           in_dir: Path, out: Path) -> None:
+def labels(in_dir: Path, out: Path, teacher: str, weights: Path | None, bandwidth: float, teacher_file: Path | None,
+           train_teacher: bool, train_steps: int, codebooks: int, codebook_size: int | None, features: str, seed: int,
+           device: str, max_duration: float | None, suite: Path | None, min_usage: float, min_perplexity: float) -> None:
     """Write frame-aligned teacher labels for every audio file in IN_DIR to the --out folder."""
-    out_dir = out
     from mertkit.pretrain.labels import LabelsError, validate_labels, write_labels
 
-    labeller = _load_teacher(weights, device, bandwidth)
+    out_dir, silent = out, quiet()
+    verbose = bool(click.get_current_context().meta.get("mertkit.verbose"))
+
+    def log(message: str) -> None:
+        if not silent:
+            click.echo(message, err=True)
+
+    if teacher == "encodec":
+        labeller = _encodec(weights, device, bandwidth)
+    else:
+        opts = {"codebooks": codebooks, "codebook_size": codebook_size, "features": features, "seed": seed,
+                "train_teacher": train_teacher, "train_steps": train_steps}
+        try:
+            labeller = _fitted(teacher, in_dir, out_dir, teacher_file, opts, log)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+    progress = (lambda rel, outcome: click.echo(f"  {outcome} {rel}", err=True)) if verbose else None
     try:
         summary = write_labels(in_dir, out_dir, labeller, sample_rate=labeller.sample_rate,
-                               frame_rate=labeller.sample_rate // labeller.hop_length, max_duration=max_duration)
+                               frame_rate=labeller.sample_rate // labeller.hop_length, progress=progress,
+                               max_duration=max_duration)
         check = validate_labels(out_dir)
+        problems = _health_report(labeller, out_dir, suite, min_usage, min_perplexity) if check.files_ok else []
     except LabelsError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(
-        f"{teacher}: {summary.written} written, {summary.skipped} already done, "
-        f"{len(summary.failed)} failed; {check.files_ok} files / {check.total_frames} frames "
-        f"of labels valid in {out_dir}"
-    )
+    if not silent:
+        click.echo(
+            f"{teacher}: {summary.written} written, {summary.skipped} already done, "
+            f"{len(summary.failed)} failed; {check.files_ok} files / {check.total_frames} frames "
+            f"of labels valid in {out_dir}"
+        )
     if summary.failed:
         _print_failures(summary.failed)
+    if problems:
+        click.echo(f"Error: {out_dir}: degenerate labels: {'; '.join(problems)} (see label_report.json)", err=True)
+    if summary.failed or problems:
         click.get_current_context().exit(1)

@@ -11,7 +11,8 @@ frame:
 * "mfcc":          20 MFCCs (DCT-II of the log of a 64-band HTK mel spectrum, floored 80 dB
                    below the clip's maximum) + deltas;
 * "logmel_chroma": the 64 log-mel bands + a 12-bin chroma (FFT power folded onto pitch
-                   classes, normalised per frame).
+                   classes, normalised per frame);
+* "logmel":        the 64 log-mel bands alone (the BEST-RQ teacher's input).
 
 Features are standardised with the fitting sample's mean / std (kept with the centroids)
 before sklearn's MiniBatchKMeans. Needs scikit-learn: pip install 'mertkit[pretrain]'.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-FEATURE_KINDS = ("mfcc", "logmel_chroma")
+FEATURE_KINDS = ("mfcc", "logmel_chroma", "logmel")
 N_MELS = 64
 N_MFCC = 20
 TOP_DB = 80.0
@@ -87,6 +88,8 @@ def frame_features(wav: np.ndarray, sample_rate: int, hop: int, kind: str = "mfc
     # an 80 dB floor below the clip's loudest band (as librosa's top_db): leakage-level
     # bands would otherwise dominate the standardised features with noise
     log_mel = np.maximum(log_mel, log_mel.max() - TOP_DB * np.log(10) / 10)
+    if kind == "logmel":
+        return log_mel.astype(np.float32)
     if kind == "mfcc":
         from scipy.fft import dct
 

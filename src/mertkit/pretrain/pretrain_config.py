@@ -90,6 +90,9 @@ class PretrainConfig:
     log_interval: int = 10
     ckpt_interval: int = 1000
     keep_checkpoints: int = 2
+    # weights-only snapshots at these fractions of total_updates (0 = the initialisation),
+    # kept for the probe curve of `mert pretrain-diagnose`; [] writes none
+    snapshot_fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0])
     tensorboard: bool = False
     init_from: str | None = None  # released checkpoint dir / name for continued pre-training
 
@@ -141,12 +144,20 @@ class PretrainConfig:
              f"min_crop_seconds gives fewer samples than one frame ({mert.receptive_field})"),
             (self.objective != "data2vec" or 1 <= self.d2v_top_k <= mert.num_hidden_layers,
              "d2v_top_k must be in 1..num_hidden_layers"),
+            (isinstance(self.snapshot_fractions, list)
+             and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1
+                     for f in self.snapshot_fractions),
+             f"snapshot_fractions must be a list of numbers in [0, 1], got {self.snapshot_fractions!r}"),
             (self.log_interval >= 1 and self.ckpt_interval >= 1 and self.keep_checkpoints >= 1,
              "log_interval, ckpt_interval and keep_checkpoints must be >= 1"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise PretrainConfigError("invalid pre-training config: " + "; ".join(problems))
+
+    def snapshot_updates(self) -> set[int]:
+        """Update counts after which the trainer writes a snapshot (0: before the first)."""
+        return {round(f * self.total_updates) for f in self.snapshot_fractions}
 
     # ---- dict / JSON ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from mertkit.fileio import atomic_write
 from mertkit.pretrain.pretrain_config import PretrainConfig
+from mertkit.pretrain.diagnostics import save_snapshot
 from mertkit.pretrain.data import Batch, PretrainDataset, clip_seed, iterate_batches
 from mertkit.pretrain.masking import span_mask
 from mertkit.pretrain.mlm_model import Counts, LossSums, MertPretrainModel
@@ -44,7 +45,8 @@ from mertkit.pretrain.mlm_model import Counts, LossSums, MertPretrainModel
 CHECKPOINT_FORMAT = "mertkit-pretrain-1"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 # Settings a resumed run may change; everything else must match the checkpoint.
-RESUME_MUTABLE = frozenset({"total_updates", "log_interval", "ckpt_interval", "keep_checkpoints", "num_workers", "tensorboard"})
+RESUME_MUTABLE = frozenset({"total_updates", "log_interval", "ckpt_interval", "keep_checkpoints", "num_workers", "tensorboard",
+                            "snapshot_fractions"})
 
 
 class PretrainError(ValueError):
@@ -117,6 +119,9 @@ def train(
     last = stop_after if stop_after is not None else cfg.total_updates
 
     # ---- updates -------------------------------------------------------------------------
+    snapshots = cfg.snapshot_updates() if env.is_main else set()
+    if position.update == 0 and 0 in snapshots:
+        save_snapshot(out, model, cfg, 0)
     model.train()
     while position.update < min(last, cfg.total_updates):
         started = time.perf_counter()
@@ -134,6 +139,8 @@ def train(
             logger.record(stats)
         if position.update % cfg.ckpt_interval == 0 or position.update == cfg.total_updates:
             save_checkpoint(out, model, optimizer, scaler, position, cfg, env)
+        if position.update in snapshots:
+            save_snapshot(out, model, cfg, position.update)
     if logger is not None:
         logger.close()
     return out

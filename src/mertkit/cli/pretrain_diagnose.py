@@ -1,0 +1,51 @@
+"""`mert pretrain-diagnose`: is a pre-training run learning music? (see `mertkit.pretrain.diagnostics`)
+
+    mert pretrain-diagnose RUN_DIR --suite SUITE [--audio A --labels L] [-o OUT]
+
+Writes OUT/diagnostics.json (default OUT: RUN_DIR/diagnostics) with the label statistics
+per codebook (with --labels), each loss term's gradient share at every snapshot (with
+--audio and --labels) and the probe curve over the snapshots (with --suite), plus
+OUT/probe_curve.png.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mertkit.cli.options import PositiveInt, out_option, quiet, verbosity
+
+__all__ = ["pretrain_diagnose"]
+
+
+@click.command("pretrain-diagnose")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--suite", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Benchmark suite folder (`mert bench-suite`) for the probe curve.")
+@click.option("--audio", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The run's audio folder (gradient shares are measured on its first batches).")
+@click.option("--labels", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The run's label folder.")
+@click.option("--batches", type=PositiveInt, default=2, show_default=True, help="Batches for the gradient shares.")
+@out_option("Output folder [RUN_DIR/diagnostics].", required=False, path_type=Path)
+@verbosity
+def pretrain_diagnose(run_dir: Path, suite: Path | None, audio: Path | None, labels: Path | None, batches: int,
+                      out: Path | None) -> None:
+    """Label quality, gradient shares and probe curves of a pre-training run."""
+    from mertkit.pretrain.data import PretrainDataError
+    from mertkit.pretrain.diagnostics import DiagnosticsError, run_diagnostics
+    from mertkit.pretrain.labels import LabelsError
+
+    if (audio is None) != (labels is None) and audio is not None:
+        raise click.UsageError("gradient shares need both --audio and --labels")
+    if suite is None and labels is None:
+        raise click.UsageError("nothing to do: give --suite and/or --labels (and --audio)")
+    out = out or run_dir / "diagnostics"
+    silent = quiet()
+    log = None if silent else (lambda message: click.echo(message, err=True))
+    try:
+        run_diagnostics(run_dir, out, suite_dir=suite, audio_dir=audio, label_dir=labels, batches=batches, log=log)
+    except (DiagnosticsError, LabelsError, PretrainDataError) as error:
+        raise click.ClickException(str(error)) from None
+    if not silent:
+        click.echo(f"diagnostics -> {out / 'diagnostics.json'}" + (f", {out / 'probe_curve.png'}" if suite else ""))

@@ -1,0 +1,116 @@
+"""Learning diagnostics: label statistics, gradient shares, snapshots and probe curves."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from mertkit.cli.pretrain_diagnose import pretrain_diagnose
+from mertkit.pretrain.diagnostics import (
+    code_information, codebook_stats, gradient_shares, load_snapshot, mutual_information_bits, snapshot_paths,
+)
+from mertkit.pretrain.trainer import train
+from pretrain_fixtures import SR, tiny_config, write_labelled_corpus
+
+
+def test_codebook_stats_match_hand_counts():
+    codes = np.array([[0, 0, 1, 1], [2, 2, 2, 2]])
+    first, second = codebook_stats([codes[:, :2], codes[:, 2:]], 4)
+    assert (first.used, first.frames, first.perplexity, first.top_share) == (2, 4, pytest.approx(2.0), 0.5)
+    assert (second.used, second.entropy_bits, second.perplexity) == (1, 0.0, 1.0)
+
+
+def test_mutual_information_bounds():
+    labels = np.repeat(np.arange(4), 100)
+    assert mutual_information_bits(labels, labels) == pytest.approx(2.0)
+    assert mutual_information_bits(np.zeros(400, dtype=int), labels) == pytest.approx(0.0)
+
+
+def _tone_suite(root, per_class=6):
+    """A fake suite: 'pitch' clips are pure tones (MIDI 60..63), 'key' clips are louder/softer noise."""
+    rng = np.random.default_rng(0)
+    for task, labels in (("pitch", ["60", "61", "62", "63"]), ("key", ["A major", "B minor"])):
+        folder = root / task / "clips"
+        folder.mkdir(parents=True)
+        rows = []
+        for i in range(per_class * len(labels)):
+            label = labels[i % len(labels)]
+            split = ("train", "train", "train", "train", "valid", "test")[i // len(labels)]
+            t = np.arange(int(0.5 * SR)) / SR
+            if task == "pitch":
+                wave = 0.5 * np.sin(2 * np.pi * 440 * 2 ** ((int(label) - 69) / 12) * t)
+            else:
+                wave = (0.5 if "major" in label else 0.05) * rng.standard_normal(t.size)
+            sf.write(folder / f"{i:03d}.wav", wave.astype(np.float32), SR)
+            rows.append({"path": f"clips/{i:03d}.wav", "label": label, "split": split})
+        with open(root / task / "manifest.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["path", "label", "split"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return root
+
+
+def test_code_information_sees_pitch_in_pitch_codes(tmp_path):
+    suite = _tone_suite(tmp_path / "suite")
+
+    def codes_of(path):  # codebook 0 = the clip's pitch (from the file's tone), codebook 1 = constant
+        wave, _ = sf.read(path)
+        peak = int(np.abs(np.fft.rfft(wave)).argmax())
+        frames = len(wave) // 320
+        return np.stack([np.full(frames, peak % 7), np.zeros(frames, dtype=int)])
+
+    report = code_information(codes_of, suite, 8, tasks=["pitch"])
+    informative, constant = report["pitch"]["codebooks"]
+    assert informative["mi_bits"] > 1.5 > informative["mi_bits_shuffled"] + 1.0
+    assert constant["mi_bits"] == pytest.approx(0.0)
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    audio, labels = write_labelled_corpus(tmp_path, 8)
+    cfg = tiny_config(total_updates=4, warmup_updates=1, snapshot_fractions=[0.0, 0.5, 1.0])
+    train(cfg, audio, labels, tmp_path / "run")
+    return tmp_path, cfg
+
+
+def test_snapshots_at_fractions_and_gradient_shares(tiny_run):
+    root, cfg = tiny_run
+    assert [u for u, _ in snapshot_paths(root / "run")] == [0, 2, 4]
+    _, model, update = load_snapshot(snapshot_paths(root / "run")[-1][1])
+    assert update == 4
+    from mertkit.pretrain.data import PretrainDataset
+
+    batch = PretrainDataset(root / "audio", root / "labels", cfg).batch(0, 0, 0, 1)
+    shares = gradient_shares(model.train(), [batch], cfg)
+    terms = shares["terms"]
+    assert set(terms) == {"ce_0", "ce_1", "penalty", "cqt"}
+    assert sum(t["share"] for t in terms.values()) == pytest.approx(1.0)
+    assert terms["penalty"]["encoder_grad_norm"] == 0.0  # the penalty only reaches the conv front-end
+    assert all(t["grad_norm"] > 0 for t in terms.values())
+    assert -1.0 <= shares["cos_mlm_cqt"] <= 1.0
+
+
+def test_pretrain_diagnose_command(tiny_run):
+    root, _ = tiny_run
+    suite = _tone_suite(root / "suite")
+    args = [str(root / "run"), "--suite", str(suite), "--audio", str(root / "audio"), "--labels", str(root / "labels"),
+            "--batches", "1", "-o", str(root / "diag")]
+    result = CliRunner().invoke(pretrain_diagnose, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((root / "diag" / "diagnostics.json").read_text())
+    points = report["probe_curve"]["points"]
+    assert [p["update"] for p in points] == [0, 2, 4]
+    assert set(report["probe_curve"]["tasks"]) == {"pitch", "pitch_class", "key"}
+    assert all(0.0 <= p["key"]["test_accuracy"] <= 1.0 for p in points)
+    assert set(report["gradient_shares"]) == {"0", "2", "4"} and len(report["labels"]) == 2
+    assert (root / "diag" / "probe_curve.png").stat().st_size > 1000
+
+
+def test_pretrain_diagnose_without_snapshots_is_one_line(tmp_path):
+    (tmp_path / "run").mkdir()
+    result = CliRunner().invoke(pretrain_diagnose, [str(tmp_path / "run"), "--suite", str(tmp_path)])
+    assert result.exit_code == 1 and "no snapshots" in result.output and "Traceback" not in result.output
