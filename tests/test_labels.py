@@ -266,7 +266,8 @@ def test_label_problems_accepts_good_arrays():
 def test_labels_command(weights_dir, tmp_path):
     corpus = _write_corpus(tmp_path / "audio")
     runner = CliRunner()
-    args = ["--teacher", "encodec", "--weights", str(weights_dir), str(corpus), "-o", str(tmp_path / "out")]
+    args = ["--teacher", "encodec", "--weights", str(weights_dir), str(corpus), "-o", str(tmp_path / "out"),
+            "--min-perplexity", "1", "--min-usage", "0"]  # a random tiny EnCodec: codes may be few
     result = runner.invoke(labels_command, args)
     assert result.exit_code == 0, result.output
     assert "3 written, 0 already done, 0 failed" in result.output
@@ -281,7 +282,7 @@ def test_labels_command(weights_dir, tmp_path):
 def test_labels_command_reports_bad_weights(tmp_path):
     corpus = _write_corpus(tmp_path / "audio")
     (tmp_path / "bad.th").write_bytes(b"nope")
-    args = ["--weights", str(tmp_path / "bad.th"), str(corpus), "--out", str(tmp_path / "o")]
+    args = ["--weights", str(tmp_path / "bad.th"), str(corpus), "-o", str(tmp_path / "o")]
     result = CliRunner().invoke(labels_command, args)
     assert result.exit_code != 0 and "bad.th" in result.output and "Traceback" not in result.output
 

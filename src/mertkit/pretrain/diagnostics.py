@@ -182,7 +182,10 @@ def code_information(
     report: dict[str, Any] = {}
     for task in tasks:
         clips = _subset(suite_clips(suite_dir, task), max_clips)
-        codes = [cache.setdefault(c.path, codes_of(c.path)) for c in clips]
+        for clip in clips:
+            if clip.path not in cache:
+                cache[clip.path] = np.asarray(codes_of(clip.path), dtype=np.int64)
+        codes = [cache[c.path] for c in clips]
         names, y = np.unique([c.label for c in clips], return_inverse=True)
         splits = _split_indices(clips)
         rows = []
@@ -252,7 +255,7 @@ def gradient_shares(model, batches: Iterable, cfg) -> dict[str, Any]:
         out = model(batch.wave, batch.lengths, batch.labels, mask, mixture_generator=mixture)
         counts = Counts(int(out.masked_frames), int(out.valid_frames))
         grads = {name: _flat_grad(term, params) for name, term in loss_terms(model, out, counts).items()}
-        values = {name: float(term) for name, term in loss_terms(model, out, counts).items()}
+        values = {name: term.item() for name, term in loss_terms(model, out, counts).items()}
         mlm = sum(g for name, g in grads.items() if name.startswith("ce_"))
         rows = {f"{name}/norm": float(g.norm()) for name, g in grads.items()}
         rows.update({f"{name}/encoder_norm": float(g[in_encoder].norm()) for name, g in grads.items()})

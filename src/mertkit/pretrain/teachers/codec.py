@@ -15,7 +15,8 @@ downloaded; this codec has the same output contract (8 codebooks x 1024 codes at
   the previous ones. Codebooks are EMA cluster means (decay `ema_decay`, not trained by the
   optimiser), initialised from encoder outputs, and every code whose EMA count falls below
   `dead_threshold` is restarted at a random residual of the current batch, so usage stays
-  healthy. Straight-through gradients; commitment loss weight `commitment`.
+  healthy. Straight-through gradients; commitment loss weight `commitment`. After training,
+  a few Lloyd iterations refit every stage on the final encoder's outputs (`refresh_codebooks`).
 * Loss: L1 on the waveform + multi-scale STFT loss (L1 of log magnitudes + spectral
   convergence) at FFT sizes `stft_sizes`.
 """
@@ -46,7 +47,7 @@ class CodecConfig:
     codebooks: int = 8
     codebook_size: int = 1024
     ema_decay: float = 0.9
-    dead_threshold: float = 0.1  # a code whose EMA count is below this fraction of the mean restarts
+    dead_threshold: float = 0.3  # a code whose EMA count is below this fraction of the mean restarts
     commitment: float = 0.25
     stft_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
 
@@ -226,9 +227,12 @@ def random_crops(waves: list[np.ndarray], batch: int, samples: int, rng: np.rand
 def train_codec(
     audio: str | os.PathLike | list[np.ndarray], cfg: CodecConfig | None = None, *, steps: int = 2000,
     batch: int = 8, crop_seconds: float = 1.0, lr: float = 1e-3, seed: int = 0, max_files: int = 2000,
-    log=None, log_every: int = 50,
+    log=None, log_every: int = 50, refresh_crops: int = 200,
 ) -> tuple[Codec, list[dict[str, float]]]:
-    """Train a codec on random crops of a corpus (a folder, or waveforms); returns it and its log."""
+    """Train a codec on random crops of a corpus (a folder, or waveforms); returns it and its log.
+
+    The codebooks are refitted at the end on `refresh_crops` crops of one second (`refresh_codebooks`).
+    """
     cfg = cfg or CodecConfig()
     waves = audio if isinstance(audio, list) else _load_corpus(Path(audio), cfg.sample_rate, max_files)
     torch.manual_seed(seed)
@@ -246,7 +250,35 @@ def train_codec(
         history.append({"step": step, **stats})
         if log is not None and (step % log_every == 0 or step == steps):
             log(f"codec step {step}/{steps}: loss {stats['loss']:.4f} (l1 {stats['l1']:.4f}, stft {stats['stft']:.4f})")
-    return codec.eval(), history
+    refresh_codebooks(codec.eval(), random_crops(waves, refresh_crops, cfg.sample_rate, rng), generator)
+    return codec, history
+
+
+@torch.no_grad()
+def refresh_codebooks(codec: Codec, crops: Tensor, generator: torch.Generator, iterations: int = 8) -> None:
+    """Lloyd iterations of every RVQ stage on the final encoder's outputs.
+
+    During training the encoder moves under the codebooks, so codes restarted early go stale
+    and at the end a few codes can take most frames. The teacher only needs the codes to
+    partition the final encoder's outputs well: each stage is refitted in turn (dead
+    centroids re-seeded at random frames), then the next stage sees the new residuals.
+    """
+    flat = torch.cat([codec.encoder(codec.pad(chunk)).transpose(1, 2).reshape(-1, codec.cfg.dim)
+                      for chunk in crops.split(16)])
+    rvq = codec.quantizer
+    residual = flat
+    for k in range(codec.cfg.codebooks):
+        embed = rvq.embed[k]
+        for _ in range(iterations):
+            index = rvq.nearest(residual, k)
+            counts = torch.bincount(index, minlength=codec.cfg.codebook_size).float()
+            sums = torch.zeros_like(embed).index_add_(0, index, residual)
+            alive = counts > 0
+            embed[alive] = sums[alive] / counts[alive, None]
+            dead = int((~alive).sum())
+            if dead:
+                embed[~alive] = residual[torch.randint(0, residual.shape[0], (dead,), generator=generator)]
+        residual = residual - embed[rvq.nearest(residual, k)]
 
 
 # ---------------------------------------------------------------------------------------
