@@ -13,12 +13,13 @@ from pathlib import Path
 
 import click
 
-from mertkit.cli.options import PositiveInt, out_option, quiet, verbosity
+from mertkit.cli.options import PositiveInt, examples, out_option, quiet, verbosity
 
 __all__ = ["pretrain_diagnose"]
 
 
-@click.command("pretrain-diagnose")
+@click.command("pretrain-diagnose", epilog=examples(
+    "mert pretrain-diagnose run/ --suite suite/ --audio corpus/ --labels labels/"))
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--suite", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Benchmark suite folder (`mert bench-suite`) for the probe curve.")

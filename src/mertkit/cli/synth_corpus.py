@@ -12,12 +12,12 @@ from pathlib import Path
 
 import click
 
-from mertkit.cli.options import PositiveInt, out_option, quiet, verbosity
+from mertkit.cli.options import PositiveInt, examples, out_option, quiet, verbosity
 
 __all__ = ["synth_corpus"]
 
 
-@click.command("synth-corpus")
+@click.command("synth-corpus", epilog=examples("mert synth-corpus -o corpus/ --hours 20 --seed 0 --workers 2"))
 @out_option("Output folder (clips/*.wav + *.json, manifest.csv).", path_type=Path)
 @click.option("--hours", type=float, help="Hours of audio to render.")
 @click.option("--clips", type=PositiveInt, help="Number of clips to render (instead of --hours).")
