@@ -6,7 +6,7 @@ Three instruments, each usable on any run:
   used, the perplexity 2^H of the code distribution, and how much the codes say about pitch,
   pitch class, instrument and key of the synthetic benchmark suite's clips: mutual
   information I(code; label) in bits per frame (beside the same quantity with the labels
-  shuffled, which is the estimator's bias on that many frames) and the test accuracy of a
+  shuffled between clips, the estimator's bias on that many clips) and the test accuracy of a
   logistic regression on each clip's code histogram.
 * **Gradient shares** (`gradient_shares`): each loss term's gradient norm with respect to the
   shared backbone parameters (everything under `model.backbone`), measured separately on a
@@ -192,11 +192,15 @@ def code_information(
         for k in range(codes[0].shape[0]):
             frame_codes = np.concatenate([c[k] for c in codes])
             frame_labels = np.concatenate([np.full(c.shape[1], y[i]) for i, c in enumerate(codes)])
+            # the bias baseline shuffles labels between clips, not frames: frames of one clip
+            # share codes, so the plug-in estimate credits clip identity as label information
+            shuffled = rng.permutation(y)
+            frame_shuffled = np.concatenate([np.full(c.shape[1], shuffled[i]) for i, c in enumerate(codes)])
             histogram = np.stack([np.bincount(c[k], minlength=codebook_size) / c.shape[1] for c in codes])
             rows.append({
                 "codebook": k,
                 "mi_bits": mutual_information_bits(frame_codes, frame_labels),
-                "mi_bits_shuffled": mutual_information_bits(frame_codes, rng.permutation(frame_labels)),
+                "mi_bits_shuffled": mutual_information_bits(frame_codes, frame_shuffled),
                 "probe_test_accuracy": logistic_accuracy(histogram, y, splits)[1],
             })
         report[task] = {"classes": len(names), "label_entropy_bits": _entropy_bits(y),
