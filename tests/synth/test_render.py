@@ -205,7 +205,7 @@ def test_corpus_resumes_and_skips_finished_clips(tmp_path) -> None:
     assert render_clip(tmp_path / "a", 1, 0, 1.0, SR, None) is False  # finished: skipped
     render_corpus(tmp_path / "a", n_clips=2, seconds=1.0, seed=1)
     assert _digest(tmp_path / "a") == before
-    assert not list((tmp_path / "a").rglob("*.tmp*"))
+    assert not list((tmp_path / "a").rglob(".tmp-*"))
 
 
 def test_corpus_hours_and_bad_arguments(tmp_path) -> None:

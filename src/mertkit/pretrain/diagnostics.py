@@ -293,13 +293,14 @@ def gradient_shares(model, batches: Iterable, cfg) -> dict[str, Any]:
 # =======================================================================================
 def save_snapshot(out_dir: Path, model: torch.nn.Module, cfg, update: int) -> Path:
     """Write `RUN/snapshots/update_<n>.pt`: the full pre-training model's weights at `update`."""
-    from mertkit.pretrain.trainer import _atomic_save
+    from mertkit.fileio import atomic_write
 
     folder = out_dir / SNAPSHOT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"update_{update:08d}.pt"
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    _atomic_save({"format": SNAPSHOT_FORMAT, "config": cfg.to_dict(), "update": update, "model": state}, path)
+    payload = {"format": SNAPSHOT_FORMAT, "config": cfg.to_dict(), "update": update, "model": state}
+    atomic_write(path, lambda handle: torch.save(payload, handle))
     return path
 
 

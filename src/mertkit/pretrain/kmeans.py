@@ -133,8 +133,11 @@ class KMeansLabeller:
         return distances.argmin(1).astype(np.int16)[None]
 
     def save(self, path: str | os.PathLike) -> None:
-        np.savez(path, centroids=self.centroids, mean=self.mean, std=self.std,
-                 settings=np.array([self.features, self.sample_rate, self.hop_length, self.n_fft], dtype=object).astype(str))
+        from mertkit.fileio import atomic_write
+
+        settings = np.array([self.features, self.sample_rate, self.hop_length, self.n_fft], dtype=object).astype(str)
+        atomic_write(path, lambda handle: np.savez(handle, centroids=self.centroids, mean=self.mean, std=self.std,
+                                                   settings=settings))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> KMeansLabeller:

@@ -15,7 +15,7 @@ a corpus is identical byte for byte for the same arguments, clip i does not depe
 many clips are asked for, and no clip shares its random stream with the benchmark suite
 (:mod:`mertkit.synth.suite` draws from ``[seed, task_index, clip_index]`` with task indices
 0-3). Rendering is resumable and parallel-safe: each clip and its metadata are written
-atomically (temporary name, then ``os.replace``), a finished clip is skipped on a rerun, and
+atomically (`mertkit.fileio.atomic_write`), a finished clip is skipped on a rerun, and
 two processes rendering the same clip write the same bytes.
 
 The music-theory helpers here (keys, progressions, voicings, grooves) are shared with the
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from mertkit.fileio import atomic_write
 from mertkit.synth.render import RenderError, peak_normalise, render_midi, require_synth_deps
 
 __all__ = [
@@ -361,18 +361,6 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     soundfile.write(str(path), audio, sample_rate, subtype="PCM_16", format="WAV")
 
 
-def _atomic_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through a temporary file in the same folder, then os.replace (the pattern of
-    `mertkit.pretrain.labels`; to move to the project's shared file helper once there is one)."""
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _wav_complete(path: Path, num_samples: int) -> bool:
     """A finished clip: 16-bit mono PCM WAV of the expected length (44-byte header)."""
     return path.is_file() and path.stat().st_size == 44 + 2 * num_samples and path.with_suffix(".json").is_file()
@@ -391,8 +379,8 @@ def render_clip(out: Path, seed: int, index: int, seconds: float, sample_rate: i
     wav.parent.mkdir(parents=True, exist_ok=True)
     meta.update(path=f"clips/{index:06d}.wav", num_samples=len(audio), sample_rate=sample_rate)
     # the audio first, then the metadata that marks the clip finished
-    _atomic_bytes(wav, lambda handle: soundfile.write(handle, audio, sample_rate, subtype="PCM_16", format="WAV"))
-    _atomic_bytes(wav.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta, sort_keys=True).encode()))
+    atomic_write(wav, lambda handle: soundfile.write(handle, audio, sample_rate, subtype="PCM_16", format="WAV"))
+    atomic_write(wav.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta, sort_keys=True).encode()))
     return True
 
 
@@ -461,5 +449,5 @@ def write_manifest(out: Path, count: int) -> list[Path]:
                      f"{meta['tempo_bpm']:.2f}", " ".join(str(p) for p in meta["programs"])])
     lines = ["path,num_samples,sample_rate,key,meter,tempo_bpm,programs"]
     lines += [",".join(str(v) for v in row) for row in rows]
-    _atomic_bytes(out / "manifest.csv", lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
+    atomic_write(out / "manifest.csv", lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
     return paths

@@ -69,8 +69,11 @@ class BestRQTeacher:
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        np.savez(path, format=np.array(FORMAT), mean=self.mean, std=self.std, projections=self.projections,
-                 codebooks=self.codebooks, settings=np.array([self.sample_rate, self.hop_length, self.context]))
+        from mertkit.fileio import atomic_write
+
+        arrays = {"format": np.array(FORMAT), "mean": self.mean, "std": self.std, "projections": self.projections,
+                  "codebooks": self.codebooks, "settings": np.array([self.sample_rate, self.hop_length, self.context])}
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BestRQTeacher:

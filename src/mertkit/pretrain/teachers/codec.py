@@ -306,7 +306,10 @@ class CodecTeacher:
         return codes[0].numpy().astype(np.int16)
 
     def save(self, path: str | os.PathLike) -> None:
-        torch.save({"format": FORMAT, "config": asdict(self.cfg), "state": self.codec.state_dict()}, path)
+        from mertkit.fileio import atomic_write
+
+        payload = {"format": FORMAT, "config": asdict(self.cfg), "state": self.codec.state_dict()}
+        atomic_write(path, lambda handle: torch.save(payload, handle))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CodecTeacher:
