@@ -16,8 +16,9 @@ positional conv, a key mask in attention), so a padded batch equals running each
 Speed (see "Kernels" below): activations of the conv front-end are kept time-major
 ([B, T, C] in memory) and, when autograd records nothing (`torch.inference_mode()` /
 `torch.no_grad()`), every matmul and conv goes through oneDNN's fused CPU ops with bias and
-GELU fused in. Training and CUDA take the standard ops; the two agree to float rounding
-(about 1e-6 on the parity fixtures).
+GELU fused in, where this CPU runs them for the dtype (`mertkit.models.kernels.cpu_capabilities`:
+bf16 needs native bf16). Training, CUDA and other CPUs take the standard ops; the two agree to
+float rounding (about 1e-6 on the parity fixtures).
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mertkit.models.hubert.config import MertConfig
-from mertkit.models.kernels import _gelu_attr, bf16_cpu_attention, conv1d_time_major, linear, use_onednn
+from mertkit.models.kernels import (
+    _gelu_attr, bf16_cpu_attention, conv1d_time_major, linear, use_bf16_attention, use_onednn,
+)
 
 
 @dataclass
@@ -295,7 +298,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
         """key_mask: [B, 1, 1, F] bool (True = attend) or None when nothing is padded."""
         q, k, v = (self._heads(linear(x, proj)) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        if use_onednn(q, k) and q.dtype == torch.bfloat16:
+        if use_bf16_attention(q, k, v):  # bf16 CPU inference on a CPU with native bf16
             return linear(bf16_cpu_attention(q, k, v, key_mask), self.out_proj)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
