@@ -116,6 +116,7 @@ def test_bad_options_and_inputs(model):
         parse_layers("top")
 
 
+@pytest.mark.dispatch
 def test_bfloat16_model_runs_natively_close_to_fp32(model):
     import copy
 

@@ -69,7 +69,7 @@ def _parse_baselines(value: str) -> tuple[str, ...]:
               help="Extraction window in seconds; 0 = the whole clip in one pass.")
 @click.option("--batch-size", type=BatchSize, default=8, show_default=True, help="Extraction batch size.")
 @device_option("Where the model runs for extraction.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "auto"]), default="float32", show_default=True)
 @click.option("--quick", is_flag=True,
               help=f"Smoke run: {QUICK['clips']} clips per task, seed 0 only, lr 1e-3, {QUICK['epochs']} epochs "
                    "(explicit options win).")

@@ -36,8 +36,10 @@ from mertkit.cli.options import (
                    "Worth it when the model runs on a GPU or on fewer threads than there are cores; on a CPU "
                    "whose cores all run the model, inline decoding is faster.")
 @device_option()
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
-              help="Autocast dtype of the forward pass.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "auto"]), default="float32",
+              show_default=True,
+              help="Compute dtype. float32 is exact; auto: bfloat16 where this device runs it natively (per-layer "
+                   "cosine >= 0.999 to float32), else float32. The one used is recorded in the outputs.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (CUDA only; worth it for long runs).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this machine; ray: actors on a Ray cluster (needs --store and mertkit[ray]).")

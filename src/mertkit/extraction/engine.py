@@ -44,10 +44,10 @@ import torch
 from mertkit.audio import AudioError, check_waveform, normalize_waveform
 from mertkit.extraction.allocator import keep_freed_memory
 from mertkit.models.hubert.model import MertModel
+from mertkit.models.kernels import DTYPE_CHOICES, DTYPES, dtype_name, resolve_dtype  # noqa: F401 - DTYPES re-exported
 from mertkit.extraction.decode import BLOCK, END, FAILED, DecodeEvent
 
 POOLINGS = ("none", "mean", "max")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ExtractError(ValueError):
@@ -61,13 +61,13 @@ class ExtractOptions:
     window: float | None = None  # seconds; 0 = whole file; None = the model's pre-training context
     hop: float | None = None  # seconds; None = window (no overlap)
     batch_size: int = 8
-    dtype: str = "float32"
+    dtype: str = "float32"  # or "bfloat16", "float16", "auto" (see mertkit.models.kernels.resolve_dtype)
 
     def __post_init__(self) -> None:
         if self.pool not in POOLINGS:
             raise ExtractError(f"pool must be one of {POOLINGS}, got {self.pool!r}")
-        if self.dtype not in DTYPES:
-            raise ExtractError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ExtractError(f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
         if self.window is not None and self.window < 0:
             raise ExtractError(f"window must be >= 0 seconds, got {self.window}")
         if self.hop is not None and self.hop <= 0:
@@ -399,6 +399,7 @@ class Extractor:
             raise ExtractError("compile=True (--compile) needs a CUDA device; on CPU the model already runs "
                                "fused oneDNN kernels, which torch.compile cannot compile")
         self._forward = torch.compile(model, dynamic=True) if compile else model
+        self.compute_dtype = self._compute_dtype()
         if self.device().type == "cpu":
             keep_freed_memory()  # see mertkit.extraction.allocator: saves re-faulting activations each forward
         # Leftover windows allowed to wait for a same-length partner before running padded.
@@ -414,6 +415,13 @@ class Extractor:
 
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def _compute_dtype(self) -> torch.dtype:
+        """The dtype the forward runs in: a model loaded in half precision runs natively in its
+        own dtype; a float32 one in the requested dtype ("auto" resolved for this device)."""
+        weights = next(self.model.parameters()).dtype
+        requested = self.options.dtype if weights == torch.float32 else dtype_name(weights)
+        return resolve_dtype(requested, self.device())
 
     # ---- public API ------------------------------------------------------------------
     def extract(self, wave: np.ndarray) -> Features:
@@ -529,7 +537,7 @@ class Extractor:
         weights = next(self.model.parameters()).dtype
         batch = batch.to(weights)  # a model loaded in bf16/fp16 runs natively (fastest on CPU)
         exact = all(n == lengths[0] for n in lengths)
-        with _autocast(device, self.options.dtype, weights):
+        with _autocast(device, self.compute_dtype, weights):
             out = self._forward(batch, None if exact else torch.tensor(lengths), max_layer=max(self.layers))
         states = torch.stack([out.hidden_states[i] for i in self.layers], dim=1)  # [B, layers, F, H]
         outputs = self._window_outputs(states, [p.window for p in items])
@@ -579,11 +587,11 @@ def _input_batch(chunks: list[np.ndarray], device: torch.device) -> tuple[torch.
     return batch.to(device, non_blocking=pinned), lengths
 
 
-def _autocast(device: torch.device, dtype: str, weights: torch.dtype):
+def _autocast(device: torch.device, dtype: torch.dtype, weights: torch.dtype):
     """Autocast only for an fp32 model asked to run in half precision."""
-    if dtype == "float32" or weights != torch.float32:
+    if dtype == torch.float32 or weights != torch.float32:
         return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _default_window(model: MertModel) -> float:

@@ -50,7 +50,6 @@ import numpy as np
 from mertkit.audio import DEFAULT_MAX_DURATION, discover_audio, display_path
 from mertkit.extraction.decode import BLOCK, DEFAULT_BLOCK_SECONDS, DecodeEvent, decode_files
 from mertkit.extraction.engine import (
-    DTYPES,
     ExtractError,
     Extractor,
     ExtractOptions,
@@ -60,6 +59,7 @@ from mertkit.extraction.engine import (
 )
 from mertkit.fileio import TEMP_MARK, atomic_write, make_temp_dir, remove_stale_temps, terminate_raises
 from mertkit.models.hubert.model import MertModel
+from mertkit.models.kernels import DTYPE_CHOICES, dtype_name, resolve_dtype
 
 OUTPUT_SUFFIX = ".safetensors"
 TEMP_PREFIX = TEMP_MARK
@@ -114,7 +114,7 @@ class Provenance:
 
         info = getattr(model, "info", None)
         return cls(info.name if info else "unnamed", provenance.weights_fingerprint(model),
-                   provenance.compute_dtype(model, extractor.options.dtype), bool(extractor.do_normalize),
+                   dtype_name(extractor.compute_dtype), bool(extractor.do_normalize),
                    provenance.model_source(model))
 
 
@@ -124,9 +124,9 @@ def load_for_extraction(name_or_path: str | os.PathLike, revision: str | None = 
     weights, which the fused CPU kernels and GPUs run natively (no autocast)."""
     from mertkit.models.checkpoint import load
 
-    if dtype not in DTYPES:
-        raise ExtractError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    return load(name_or_path, revision, device=device, dtype=DTYPES[dtype])
+    if dtype not in DTYPE_CHOICES:
+        raise ExtractError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
+    return load(name_or_path, revision, device=device, dtype=resolve_dtype(dtype, device))
 
 
 def input_key(path: Path) -> str:
@@ -183,6 +183,7 @@ def output_metadata(model: MertModel, extractor: Extractor, source: str,
         "pooling": extractor.options.pool,
         "dtype": provenance.compute_dtype,
         "do_normalize": str(provenance.do_normalize).lower(),
+        "dtype_requested": extractor.options.dtype,
         "source": source,
         "mertkit_version": __version__,
     }

@@ -171,8 +171,8 @@ def resolve_dtype(requested: str, device: torch.device | str) -> torch.dtype:
     """The compute dtype for a dtype name ("float32", "bfloat16", "float16" or "auto") on `device`.
 
     "auto" is the fastest dtype that keeps every hidden state within cosine 0.999 of float32:
-    bfloat16 on CUDA GPUs with bf16 and on CPUs with native bf16 (and working fused bf16 ops),
-    float32 elsewhere. bfloat16 asked for on a CPU without native bf16 still runs (standard
+    bfloat16 on CUDA GPUs with bf16 and on CPUs with native bf16 instructions, float32
+    elsewhere (without them, oneDNN converts bf16 to fp32 and bf16 is the slower of the two). bfloat16 asked for on a CPU without native bf16 still runs (standard
     ops) and says once that it is slower than float32 there.
     """
     device = torch.device(device)
@@ -192,8 +192,7 @@ def _bf16_fast(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        caps = cpu_capabilities()
-        return caps.bf16_native and caps.fused_bf16
+        return cpu_capabilities().bf16_native
     return False
 
 
