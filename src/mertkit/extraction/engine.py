@@ -42,9 +42,12 @@ import numpy as np
 import torch
 
 from mertkit.audio import AudioError, check_waveform, normalize_waveform
+from mertkit.extraction import budget
 from mertkit.extraction.allocator import keep_freed_memory
 from mertkit.models.hubert.model import MertModel
-from mertkit.models.kernels import DTYPE_CHOICES, DTYPES, dtype_name, resolve_dtype  # noqa: F401 - DTYPES re-exported
+from mertkit.models.kernels import (  # noqa: F401 - DTYPES re-exported
+    DTYPE_CHOICES, DTYPES, cpu_capabilities, dtype_name, resolve_dtype,
+)
 from mertkit.extraction.decode import BLOCK, END, FAILED, DecodeEvent
 
 POOLINGS = ("none", "mean", "max")
@@ -400,10 +403,14 @@ class Extractor:
                                "fused oneDNN kernels, which torch.compile cannot compile")
         self._forward = torch.compile(model, dynamic=True) if compile else model
         self.compute_dtype = self._compute_dtype()
+        # Memory is estimated before any work (mertkit.extraction.budget): a batch that cannot
+        # fit is shrunk with a message, a window that cannot fit is refused.
+        self.memory_budget = budget.available_memory(self.device())
+        self.batch_size = self._fitting_batch_size()
         if self.device().type == "cpu":
             keep_freed_memory()  # see mertkit.extraction.allocator: saves re-faulting activations each forward
         # Leftover windows allowed to wait for a same-length partner before running padded.
-        self.max_pending = 2 * options.batch_size
+        self.max_pending = 2 * self.batch_size
 
     @property
     def window(self) -> float:
@@ -422,6 +429,26 @@ class Extractor:
         weights = next(self.model.parameters()).dtype
         requested = self.options.dtype if weights == torch.float32 else dtype_name(weights)
         return resolve_dtype(requested, self.device())
+
+    def _fused(self) -> bool:
+        """Whether the forward takes the fused CPU kernels (they hold fewer activation copies)."""
+        weights = next(self.model.parameters()).dtype
+        return self.device().type == "cpu" and weights == self.compute_dtype and cpu_capabilities().fused(weights)
+
+    def _fitting_batch_size(self) -> int:
+        try:
+            return budget.fitting_batch_size(self.config, self.window, self.options.batch_size, self.compute_dtype,
+                                             fused=self._fused(), budget=self.memory_budget)
+        except MemoryError as err:
+            raise ExtractError(str(err)) from None
+
+    def _whole_file_refusal(self, windows: list[Window]) -> str | None:
+        """Why a whole-file window (--window 0) cannot run in the memory available, if it cannot."""
+        if self.window or not windows:
+            return None
+        samples = max(len(w.samples) for w in windows)
+        return budget.whole_file_refusal(self.config, samples, self.compute_dtype, fused=self._fused(),
+                                         budget=self.memory_budget)
 
     # ---- public API ------------------------------------------------------------------
     def extract(self, wave: np.ndarray) -> Features:
@@ -476,7 +503,7 @@ class Extractor:
         """The engine: decode events of any number of interleaved jobs in, (job, result) out as
         each job completes, where result is `make_sink(job).finish(...)` or a JobFailure."""
         jobs: dict[int, _Job] = {}
-        batcher = _Batcher(self.options.batch_size, self.max_pending)
+        batcher = _Batcher(self.batch_size, self.max_pending)
         for event in events:
             job = jobs.get(event.job)
             if job is None:
@@ -488,6 +515,10 @@ class Extractor:
                 windows = job.windower.push(event.samples) if event.kind == BLOCK else job.windower.finish()
             except ExtractError as err:
                 yield self._fail(jobs, job, str(err))
+                continue
+            refusal = self._whole_file_refusal(windows)
+            if refusal is not None:
+                yield self._fail(jobs, job, refusal)
                 continue
             if event.kind == END:
                 job.num_windows = job.windower.count
@@ -528,6 +559,9 @@ class Extractor:
         items = [p for p in items if not p.job.failed]
         if not items:
             return []
+        fits = self._fitting_count(items)
+        if fits < len(items):  # whole files of many lengths (--window 0): split what would not fit
+            return [job for i in range(0, len(items), fits) for job in self._run_batch(items[i : i + fits])]
         chunks = [p.window.samples for p in items]
         if self.do_normalize:
             # Wav2Vec2FeatureExtractor's do_normalize, per model input (here: per window).
@@ -544,6 +578,15 @@ class Extractor:
         for item, output in zip(items, outputs):
             item.job.deliver(output)
         return [p.job for p in items]
+
+    def _fitting_count(self, items: Sequence[_Pending]) -> int:
+        """How many of `items` (padded to the longest) fit in one forward; at least 1."""
+        if self.memory_budget is None:
+            return len(items)
+        longest = max(len(p.window.samples) for p in items)
+        fits = budget.largest_batch(self.config, longest, self.compute_dtype, fused=self._fused(),
+                                    budget=self.memory_budget)
+        return max(1, fits)
 
     def _window_outputs(self, states: torch.Tensor, windows: list[Window]) -> list[WindowOutput]:
         """Per window: keep the frames it owns; pool on the model's device so only small
