@@ -70,10 +70,10 @@ def matmul_peak(dtype: torch.dtype, *, size: int = 2048, reps: int = 10) -> floa
 
 
 def onednn_linear_peak(dtype: torch.dtype, *, size: int = 2048, reps: int = 10) -> float | None:
-    """Best GFLOP/s of a square matmul through oneDNN's linear op; None when torch lacks it."""
-    from mertkit.models.hubert.model import HAS_ONEDNN_OPS
+    """Best GFLOP/s of a square matmul through oneDNN's linear op; None where it does not run here."""
+    from mertkit.models.kernels import cpu_capabilities
 
-    if not HAS_ONEDNN_OPS:
+    if not cpu_capabilities().fused(dtype):
         return None
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=gen).to(dtype)
@@ -87,6 +87,25 @@ def _best_gflops(fn: Callable[[], object], flops: float, reps: int) -> float:
         fn()
         best = min(time_call(fn) for _ in range(reps))
     return flops / best / 1e9
+
+
+def cpu_record() -> dict:
+    """The CPU class a run measured: what mertkit's kernel dispatch saw, and what 'auto' means here.
+
+    Figures from different classes (AVX2 vs AVX512-BF16 vs AMX, or a run capped with
+    ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY) are not comparable; every report starts with this.
+    """
+    import dataclasses
+
+    from mertkit.models.kernels import cpu_capabilities, dtype_name, resolve_dtype
+
+    caps = cpu_capabilities()
+    return {**dataclasses.asdict(caps), "summary": caps.summary(), "auto_dtype": dtype_name(resolve_dtype("auto", "cpu"))}
+
+
+def cpu_line(record: dict) -> str:
+    """'CPU: x86_64 AVX2, bf16 native: no, ... ; --dtype auto = float32'."""
+    return f"CPU: {record['summary']}; --dtype auto = {record['auto_dtype']}"
 
 
 def startup_seconds(code: str, *, reps: int = 3, env: dict[str, str] | None = None) -> float:

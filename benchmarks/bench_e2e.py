@@ -49,7 +49,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent / "src"))
 
-from _common import MERT_95M  # noqa: E402
+from _common import MERT_95M, cpu_line, cpu_record  # noqa: E402
 from make_tracks import make_tracks  # noqa: E402
 
 SAMPLE_RATE = 24000
@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> dict:
                 peak_seconds[dtype] += elapsed * (before + after) / 2
         print(f"chunk {index + 1}/{len(chunks)} done ({audio_seconds:.0f} s of audio so far)", file=sys.stderr)
     return {**_summary(args, paths, audio_seconds, flops, times, peaks, peak_seconds, features),
-            "keep_freed_memory": kept}
+            "keep_freed_memory": kept, "cpu": cpu_record()}
 
 
 def _ordered(results: dict[int, np.ndarray]) -> list[np.ndarray]:
@@ -311,7 +311,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def print_table(r: dict) -> None:
     t = r["throughput_audio_s_per_s"]
-    print(f"\n{r['tracks']} tracks, {r['audio_seconds']:.0f} s of audio; threads {r['threads']}, "
+    print(f"\n{cpu_line(r['cpu'])}")
+    print(f"{r['tracks']} tracks, {r['audio_seconds']:.0f} s of audio; threads {r['threads']}, "
           f"batch {r['batch_size']}, decode workers {r['decode_workers']}, "
           f"malloc keeps freed memory (all paths): {r['keep_freed_memory']}")
     print(f"{'path':<34}{'wall s':>9}{'audio s / s':>13}{'vs baseline':>13}")

@@ -10,7 +10,15 @@ fp32 (what MERT's remote code runs). Reported:
   over frames) against the official fp32 states;
 - each as achieved GFLOP/s (analytic FLOP count) and as a fraction of the matmul peak
   (square torch.matmul, fp32 and bf16) measured in the same run;
+- `--dtype auto` on this CPU: which of the two it picks (bf16 only with native bf16), so its
+  ratio is that run's;
 - optionally the start-up wall time of `import mertkit.cli.app` vs `import transformers`.
+
+The report starts with the CPU class (ISA, native bf16, AMX, any ONEDNN_MAX_CPU_ISA /
+ATEN_CPU_CAPABILITY cap): figures from different classes are not comparable. To measure the
+AVX2 class on any x86 machine:
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_model.py --quick
 
     python benchmarks/bench_model.py            # batches 1 and 4
     python benchmarks/bench_model.py --quick    # batch 1, fewer repetitions
@@ -31,6 +39,8 @@ import torch.nn.functional as F
 from _common import (
     MERT_95M,
     BenchError,
+    cpu_line,
+    cpu_record,
     run_benchmark,
     interleaved_timings,
     matmul_peak,
@@ -204,7 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     threads = set_threads(args.threads)
     from mertkit.extraction.allocator import keep_freed_memory
-    from mertkit.models.hubert.model import HAS_ONEDNN_OPS
+    from mertkit.models.kernels import HAS_ONEDNN_OPS
 
     # Process-wide, so the official model gets it too (MERTKIT_KEEP_FREED_MEMORY=0 turns it off).
     kept = keep_freed_memory()
@@ -221,6 +231,7 @@ def run(args: argparse.Namespace) -> dict:
     # Measured again after the models: a busy moment at either end must not set the peak.
     peaks = {name: _max_or_none(value, later) for (name, value), later in zip(peaks.items(), measure_peaks().values())}
     record = {
+        "cpu": cpu_record(),
         "torch": torch.__version__,
         "threads": threads,
         "onednn_kernels": HAS_ONEDNN_OPS,
@@ -232,6 +243,9 @@ def run(args: argparse.Namespace) -> dict:
         "peak_gflops": peaks,
         "batches": [_batch_record(r, sum(flops.values()), peaks) for r in results],
     }
+    auto = "ours_fp32" if record["cpu"]["auto_dtype"] == "float32" else "ours_bf16"
+    for rec in record["batches"]:
+        rec["auto"] = auto  # --dtype auto runs exactly that contender's model on this CPU
     if not args.no_startup:
         record["startup_seconds"] = startup_times()
     return record
@@ -274,6 +288,7 @@ def _batch_record(result: BatchResult, flops_per_window: float, peaks: dict) -> 
 def print_report(record: dict) -> None:
     peaks = record["peak_gflops"]
     onednn = f", oneDNN fp32 linear {peaks['onednn_fp32']:.0f}" if peaks["onednn_fp32"] else ""
+    print(cpu_line(record["cpu"]))
     print(f"torch {record['torch']}, {record['threads']} threads, oneDNN fused kernels: {record['onednn_kernels']}, "
           f"malloc keeps freed memory (both models): {record['keep_freed_memory']}")
     print(f"matmul peak GFLOP/s: fp32 {peaks['matmul_fp32']:.0f}, bf16 {peaks['matmul_bf16']:.0f}{onednn}")
@@ -290,6 +305,9 @@ def print_report(record: dict) -> None:
             print(f"{rec['batch']:>5} {name:<14} {t:>10.3f} {rec['gflops'][name]:>8.0f} "
                   f"{100 * rec['fraction_of_matmul_peak'][name]:>8.0f}% {onednn_cell} "
                   f"{rec['speedup_vs_official_fp32'][name]:>9.2f}x")
+        auto = rec["auto"]
+        if auto in rec["speedup_vs_official_fp32"]:
+            print(f"{rec['batch']:>5} {'ours_auto':<14} = {auto}: {rec['speedup_vs_official_fp32'][auto]:.2f}x official")
         line = f"      fp32 max abs diff vs official: {rec['max_abs_diff_fp32']:.2e}"
         if "cosine_bf16_per_state" in rec:
             line += f"; bf16 cosine min {rec['cosine_bf16_min']:.5f} per state: " + " ".join(
