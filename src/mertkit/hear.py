@@ -76,7 +76,7 @@ def load_model(model_file_path: str = "", **kwargs) -> HearModel:
     for the offline demo model (`mertkit.cli.demo_assets.demo_model_dir()`).
     kwargs: layer ("mean" or a hidden-state index), window / hop (seconds; default the model's
     pre-training context, no overlap), device (default cuda when available), dtype (autocast:
-    float32, bfloat16, float16), batch_size.
+    float32, bfloat16, float16, or auto: see `mertkit.models.kernels.resolve_dtype`), batch_size.
     """
     from mertkit.models.checkpoint import load
 
