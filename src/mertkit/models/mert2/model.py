@@ -141,8 +141,9 @@ class GRN(nn.Module):
     def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:
         """x [B, T, C]; keep [B, T, 1] (1 on valid frames) or None."""
         valid = x if keep is None else x * keep
-        # The norm accumulates in float32 whatever the activation dtype.
-        g = torch.linalg.vector_norm(valid, dim=1, keepdim=True, dtype=torch.float32)  # [B, 1, C]
+        # The norm accumulates in at least float32 whatever the activation dtype.
+        acc = torch.promote_types(x.dtype, torch.float32)
+        g = torch.linalg.vector_norm(valid, dim=1, keepdim=True, dtype=acc)  # [B, 1, C]
         n = (g / (g.mean(dim=-1, keepdim=True) + _GRN_EPS)).to(x.dtype)
         return torch.addcmul(self.bias + x, self.weight * n, x)
 
