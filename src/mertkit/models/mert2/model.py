@@ -223,6 +223,37 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-b, a), dim=-1) * sin
 
 
+class _LinearCache:
+    """An nn.Linear derived from other tensors (concatenated or viewed), rebuilt when they change.
+
+    Used only while autograd records nothing (inference); a plain attribute, so it is neither
+    a submodule nor part of the state dict."""
+
+    def __init__(self):
+        self._entry: tuple[tuple, nn.Linear] | None = None
+
+    def get(self, sources: list[Tensor], build) -> nn.Linear | None:
+        if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+            return None
+        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
+        if self._entry is None or self._entry[0] != key:
+            weight, bias = build()
+            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+            layer.weight = nn.Parameter(weight, requires_grad=False)
+            if bias is not None:
+                layer.bias = nn.Parameter(bias, requires_grad=False)
+            self._entry = (key, layer)
+        return self._entry[1]
+
+
+def _pointwise(x: Tensor, conv: nn.Conv1d, cache: _LinearCache) -> Tensor:
+    """A kernel-1 conv over time on time-major x [B, T, C]: a Linear on a view of its weight."""
+    layer = cache.get([conv.weight], lambda: (conv.weight[:, :, 0], None))
+    if layer is None:
+        return conv1d_time_major(x, conv.weight, conv.bias)
+    return linear(x, layer)
+
+
 class RotaryAttention(nn.Module):
     def __init__(self, config: Mert2Config):
         super().__init__()
@@ -233,21 +264,30 @@ class RotaryAttention(nn.Module):
         self.value_proj = nn.Linear(hidden, hidden)
         self.out_proj = nn.Linear(hidden, hidden)
 
-    def _heads(self, x: Tensor) -> Tensor:
-        batch, frames, _ = x.shape
-        return x.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
+        self._fused = _LinearCache()
+
+    def _qkv_layer(self) -> nn.Linear | None:
+        """The three projections as one Linear(H, 3H): one pass over x and one larger GEMM."""
+        projs = (self.query_proj, self.key_proj, self.value_proj)
+        return self._fused.get([t for p in projs for t in (p.weight, p.bias)],
+                               lambda: (torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs])))
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor], key_mask: Tensor | None) -> Tensor:
         """x [B, F, H]; key_mask [B, 1, 1, F] bool (True = attend) or None."""
+        batch, frames, hidden = x.shape
+        fused = self._qkv_layer()
+        if fused is None:
+            qkv = torch.cat([linear(x, p) for p in (self.query_proj, self.key_proj, self.value_proj)], dim=-1)
+        else:
+            qkv = linear(x, fused)
+        qkv = qkv.view(batch, frames, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, h, F, d]
         cos, sin = (t.to(x.dtype) for t in rotary)
-        q = apply_rotary(self._heads(linear(x, self.query_proj)), cos, sin)
-        k = apply_rotary(self._heads(linear(x, self.key_proj)), cos, sin)
-        v = self._heads(linear(x, self.value_proj))
-        batch, _, frames, _ = q.shape
+        q, k = apply_rotary(qkv[:2], cos, sin).unbind(0)  # queries and keys turned together
+        v = qkv[2]
         if q.dtype == torch.bfloat16 and use_onednn(q, k) and frames <= _BF16_MATMUL_ATTENTION_MAX_FRAMES:
             return linear(bf16_cpu_attention(q, k, v, key_mask), self.out_proj)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        return linear(y.transpose(1, 2).reshape(batch, frames, -1), self.out_proj)
+        return linear(y.transpose(1, 2).reshape(batch, frames, hidden), self.out_proj)
 
 
 class ConvModule(nn.Module):
@@ -263,16 +303,17 @@ class ConvModule(nn.Module):
             "4": nn.ModuleDict({"1": nn.LayerNorm(hidden, eps=config.layer_norm_eps)}),
             "6": nn.Conv1d(hidden, hidden, 1, bias=False),
         })
+        self._expand, self._project = _LinearCache(), _LinearCache()
 
     def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:
         block = self.conv_block
-        y = F.glu(conv1d_time_major(self.layer_norm(x), block["1"].weight, None), dim=-1)
+        y = F.glu(_pointwise(self.layer_norm(x), block["1"], self._expand), dim=-1)
         if keep is not None:
             y = y * keep  # zeros past each item's end, as the depthwise conv's padding alone
         depthwise = block["3"]
         y = conv1d_time_major(y, depthwise.weight, None, padding=depthwise.padding[0], groups=depthwise.groups)
         y = F.gelu(block["4"]["1"](y))
-        return conv1d_time_major(y, block["6"].weight, None)
+        return _pointwise(y, block["6"], self._project)
 
 
 class ConformerBlock(nn.Module):
@@ -290,10 +331,10 @@ class ConformerBlock(nn.Module):
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor], key_mask: Tensor | None,
                 keep: Tensor | None) -> Tensor:
-        x = x + 0.5 * self.ffn1(self.ffn1_layer_norm(x))
+        x = torch.add(x, self.ffn1(self.ffn1_layer_norm(x)), alpha=0.5)
         x = x + self.attn(self.attn_layer_norm(x), rotary, key_mask)
         x = x + self.conv_module(x, keep)
-        x = x + 0.5 * self.ffn2(self.ffn2_layer_norm(x))
+        x = torch.add(x, self.ffn2(self.ffn2_layer_norm(x)), alpha=0.5)
         x = self.final_layer_norm(x)
         return x if keep is None else x * keep
 
