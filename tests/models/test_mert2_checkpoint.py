@@ -10,7 +10,7 @@ from mert2_fixtures import FRONT_END, TINY2, official_state, random_state, tiny2
 
 import mertkit
 from mertkit.models.checkpoint import CheckpointError
-from mertkit.models.family import contract_of, read_config
+from mertkit.models.family import FAMILIES, contract_of, read_config
 from mertkit.models.hubert.config import ConfigError
 from mertkit.models.mert2.config import Mert2Config
 from mertkit.models.mert2.model import Mert2Model
@@ -53,7 +53,7 @@ def test_contract_of_a_loaded_mert2_model(tmp_path):
     assert contract.family == "mert2"
     assert contract.sample_rate == 24000
     assert contract.samples_per_frame == 4 * TINY2["hop_length"]
-    assert contract.min_input_samples == TINY2["n_fft"] // 2 + 1
+    assert contract.min_input_samples == max(TINY2["n_fft"] // 2 + 1, 4 * TINY2["hop_length"])
     assert contract.num_hidden_states == TINY2["num_hidden_layers"]
     assert (contract.context_seconds, contract.default_window_seconds) == (360.0, 0.0)
     assert contract.windowing_exact is False and contract.do_normalize is False
@@ -124,3 +124,15 @@ def test_dispatch_on_model_type():
         read_config({"model_type": "wav2vec3"}, source="x")
     with pytest.raises(ConfigError, match="no 'model_type' field"):
         read_config({}, source="x")
+
+
+def test_contract_frames_and_timestamps_follow_the_config():
+    config = tiny2_config()
+    contract = FAMILIES["mert2"].contract(config, None, None)
+    hop = TINY2["hop_length"]
+    assert contract.first_frame_centre == 1.5 * hop
+    model = Mert2Model(config).eval()
+    for n in (contract.min_input_samples, 1000, 4321):
+        with torch.no_grad():
+            frames = model(torch.randn(1, n)).hidden_states[0].shape[1]
+        assert contract.num_frames(n) == frames == n // contract.samples_per_frame

@@ -12,7 +12,7 @@ Families today: "hubert" (MERT-v0/v1, music2vec; conv waveform front end, 50/75 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
@@ -34,6 +34,10 @@ class InputContract:
     context_seconds: float  # the natural context: the pre-training crop length
     windowing_exact: bool  # True only if windowed extraction reproduces the whole-input pass
     default_window_seconds: float  # extraction's default window; 0 = the whole file in one pass
+    # Centre of frame 0's input span, in samples from the input start: frame j's timestamp is
+    # (start + samples_per_frame * j + first_frame_centre) / sample_rate.
+    first_frame_centre: float
+    num_frames: Callable[[int], int] = field(compare=False, repr=False)  # frames for N input samples
 
     @property
     def frame_rate(self) -> float:
@@ -96,6 +100,7 @@ def _hubert_contract(config, do_normalize: bool | None, context: float | None) -
         do_normalize=True if do_normalize is None else do_normalize, context_seconds=context,
         # The first conv's group norm and global attention see the whole input.
         windowing_exact=False, default_window_seconds=context,
+        first_frame_centre=config.receptive_field / 2, num_frames=config.num_frames,
     )
 
 
@@ -125,6 +130,8 @@ def _mert2_contract(config, do_normalize: bool | None, context: float | None) ->
         windowing_exact=False,
         # FullSong is meant for one pass over a whole song; 30s for its 30 s crops.
         default_window_seconds=0.0 if config.variant == "fs" else float(config.context_seconds),
+        # Frame j reads mel frames 4j..4j+3, centred at hop * (4j + 1.5) by the centred STFT.
+        first_frame_centre=config.first_frame_centre, num_frames=config.num_frames,
     )
 
 

@@ -77,8 +77,16 @@ class Mert2Config:
 
     @property
     def min_input_samples(self) -> int:
-        """The centred STFT reflects n_fft/2 samples at each end: it needs more than that."""
-        return self.n_fft // 2 + 1
+        """The centred STFT reflects n_fft/2 samples at each end, so it needs more than that
+        (1025 as released); a smaller config needs at least one output frame's samples."""
+        return max(self.n_fft // 2 + 1, self.samples_per_frame)
+
+    @property
+    def first_frame_centre(self) -> float:
+        """Centre (in samples) of the mel frames behind output frame 0: the stride-2 convs of
+        kernel 2 make frame j read mel frames 4j..4j+3, and mel frame m is centred at hop * m."""
+        subsampling = self.samples_per_frame // self.hop_length
+        return self.hop_length * (subsampling - 1) / 2
 
     def num_frames(self, num_samples: int) -> int:
         """Output frames for `num_samples` (N // hop mel frames, then each stage's conv)."""
