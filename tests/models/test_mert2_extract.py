@@ -74,3 +74,10 @@ def test_thirty_second_variant_defaults_to_its_context_window(tmp_path):
     extractor = Extractor(model)
     assert (extractor.window, extractor.do_normalize) == (30.0, False)
     assert Extractor(mertkit.load(write_checkpoint(tmp_path / "fs", {"variant": "fs"}))).window == 0.0
+
+
+def test_init_from_a_mert2_checkpoint_is_a_clear_error(tmp_path):
+    from mertkit.pretrain.trainer import PretrainError, load_released_backbone
+
+    with pytest.raises(PretrainError, match="a mert2 checkpoint; the MERT-v1 recipe continues"):
+        load_released_backbone(None, str(write_checkpoint(tmp_path / "fs", {"variant": "fs"})))
