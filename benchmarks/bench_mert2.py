@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -92,35 +91,47 @@ def run_speed(args) -> dict:
     }
 
 
-def _rss_mb() -> float:
-    """Current resident set size of this process, from /proc (MB)."""
+def _proc_status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (MB)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise BenchError("no VmRSS in /proc/self/status")
+    raise BenchError(f"no {field} in /proc/self/status")
+
+
+def _release_and_reset_peak() -> None:
+    """Hand freed heap back to the kernel (the float32 copies made while building the random
+    weights) and restart the peak-RSS counter, so the peak measures the forward alone."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
 def memory_child(seconds: float) -> None:
-    """Fresh process: load bf16 weights, one whole pass of `seconds`, print peak and base RSS."""
+    """Fresh process: load bf16 weights, one whole pass of `seconds`, print the peak RSS of the
+    forward and the RSS before it."""
     from mertkit.models.mert2.config import Mert2Config
     from mertkit.models.mert2.importer import import_mert2
 
     model = import_mert2(Mert2Config(), full_size_state(), source="random", dtype=torch.bfloat16)
     wave = _input(seconds)
-    base = _rss_mb()
+    _release_and_reset_peak()
+    base = _proc_status_mb("VmRSS")
     with torch.inference_mode():
         out = model(wave)
     frames = out.hidden_states[0].shape[1]
-    del out
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _proc_status_mb("VmHWM")
     print(json.dumps({"seconds": seconds, "frames": frames, "base_rss_mb": base, "peak_rss_mb": peak}))
 
 
 def run_memory(seconds: float, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--memory-child", str(seconds), "--threads", str(threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"memory pass of {seconds} s failed: {done.stderr.strip().splitlines()[-1:]}")
+    if done.returncode != 0:  # recorded, so the speed figures of the same run are not lost
+        return {"seconds": seconds, "error": (done.stderr.strip().splitlines() or ["killed"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -142,6 +153,7 @@ def run(args) -> dict:
     record: dict = {"threads": threads, "torch": torch.__version__}
     if not args.skip_speed:
         record["speed"] = run_speed(args)
+        print(json.dumps(record["speed"]), flush=True)  # early, in case the memory passes are cut short
     if args.memory_seconds > 0:
         record["memory"] = [run_memory(s, threads) for s in (args.memory_scale_seconds, args.memory_seconds) if s > 0]
     return record
@@ -160,6 +172,9 @@ def print_report(record: dict) -> None:
         for i, (a, b) in enumerate(zip(speed["cosine_ours_bf16"], speed["cosine_baseline_bf16"])):
             print(f"    state {i:2d}: {a:.5f} | {b:.5f}")
     for m in record.get("memory", []):
+        if "error" in m:
+            print(f"  whole pass {m['seconds']:g} s failed: {m['error']}")
+            continue
         print(f"  whole pass {m['seconds']:g} s ({m['frames']} frames, bf16): peak RSS {m['peak_rss_mb']:.0f} MB, "
               f"{m['peak_rss_mb'] - m['base_rss_mb']:.0f} MB over the loaded model")
     print(json.dumps(record))

@@ -50,7 +50,9 @@ def random_state(config: Mert2Config, seed: int = 0) -> dict[str, torch.Tensor]:
     periodic Hann window, HTK filterbank, mel statistics."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
-    for name, value in Mert2Model(config).state_dict().items():
+    with torch.device("meta"):
+        shapes = Mert2Model(config).state_dict()  # shapes only: no full-size float32 model
+    for name, value in shapes.items():
         noise = torch.randn(value.shape, generator=gen)
         if name.endswith("norm.weight") or ".pointwise_block.0.weight" in name or "resampling_layer.0.weight" in name \
                 or name.endswith("conv_block.4.1.weight"):
@@ -58,7 +60,7 @@ def random_state(config: Mert2Config, seed: int = 0) -> dict[str, torch.Tensor]:
         elif name.endswith("pointwise_block.3.weight") or name.endswith("pointwise_block.3.bias"):
             state[name] = 0.5 * noise
         else:
-            fan_in = value[0].numel() if value.dim() > 1 else 10
+            fan_in = value.shape[1:].numel() if value.dim() > 1 else 10
             state[name] = noise / fan_in**0.5
     state["feature_extractor.spectrogram.window"] = torch.hann_window(config.win_length, periodic=True)
     state["feature_extractor.mel_scale.fb"] = torch.from_numpy(
