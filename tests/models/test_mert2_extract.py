@@ -81,3 +81,13 @@ def test_init_from_a_mert2_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(PretrainError, match="a mert2 checkpoint; the MERT-v1 recipe continues"):
         load_released_backbone(None, str(write_checkpoint(tmp_path / "fs", {"variant": "fs"})))
+
+
+def test_bf16_extraction_feeds_float32_samples_to_the_float32_front_end(fullsong):
+    model = mertkit.load(fullsong, dtype=torch.bfloat16)
+    assert contract_of(model).float32_input
+    wave = _noise(1.5, 2).astype(np.float32)
+    got = Extractor(model, ExtractOptions(dtype="bfloat16")).extract(wave).hidden_states
+    with torch.inference_mode():
+        expected = torch.stack(model(torch.from_numpy(wave)[None]).hidden_states)[:, 0].float().numpy()
+    np.testing.assert_array_equal(got, expected)

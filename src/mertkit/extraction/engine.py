@@ -529,7 +529,8 @@ class Extractor:
         device = self.device()
         batch, lengths = _input_batch(chunks, device)
         weights = next(self.model.parameters()).dtype
-        batch = batch.to(weights)  # a model loaded in bf16/fp16 runs natively (fastest on CPU)
+        if not self.contract.float32_input:
+            batch = batch.to(weights)  # a model loaded in bf16/fp16 runs natively (fastest on CPU)
         exact = all(n == lengths[0] for n in lengths)
         with _autocast(device, self.options.dtype, weights):
             out = self._forward(batch, None if exact else torch.tensor(lengths), max_layer=max(self.layers))

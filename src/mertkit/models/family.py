@@ -37,6 +37,9 @@ class InputContract:
     # Centre of frame 0's input span, in samples from the input start: frame j's timestamp is
     # (start + samples_per_frame * j + first_frame_centre) / sample_rate.
     first_frame_centre: float
+    # True when the model reads float32 samples whatever its weights' dtype (its front end runs
+    # in float32); otherwise inputs are cast to the weights' dtype.
+    float32_input: bool
     num_frames: Callable[[int], int] = field(compare=False, repr=False)  # frames for N input samples
 
     @property
@@ -100,7 +103,7 @@ def _hubert_contract(config, do_normalize: bool | None, context: float | None) -
         do_normalize=True if do_normalize is None else do_normalize, context_seconds=context,
         # The first conv's group norm and global attention see the whole input.
         windowing_exact=False, default_window_seconds=context,
-        first_frame_centre=config.receptive_field / 2, num_frames=config.num_frames,
+        first_frame_centre=config.receptive_field / 2, float32_input=False, num_frames=config.num_frames,
     )
 
 
@@ -131,7 +134,7 @@ def _mert2_contract(config, do_normalize: bool | None, context: float | None) ->
         # FullSong is meant for one pass over a whole song; 30s for its 30 s crops.
         default_window_seconds=0.0 if config.variant == "fs" else float(config.context_seconds),
         # Frame j reads mel frames 4j..4j+3, centred at hop * (4j + 1.5) by the centred STFT.
-        first_frame_centre=config.first_frame_centre, num_frames=config.num_frames,
+        first_frame_centre=config.first_frame_centre, float32_input=True, num_frames=config.num_frames,
     )
 
 
