@@ -263,8 +263,7 @@ class RotaryAttention(nn.Module):
         self.key_proj = nn.Linear(hidden, hidden)
         self.value_proj = nn.Linear(hidden, hidden)
         self.out_proj = nn.Linear(hidden, hidden)
-
-        self._fused = _LinearCache()
+        self._fused = _LinearCache()  # Q/K/V concatenated: a copy of 3 H^2 weights per layer
 
     def _qkv_layer(self) -> nn.Linear | None:
         """The three projections as one Linear(H, 3H): one pass over x and one larger GEMM."""
