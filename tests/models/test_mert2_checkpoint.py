@@ -136,3 +136,10 @@ def test_contract_frames_and_timestamps_follow_the_config():
         with torch.no_grad():
             frames = model(torch.randn(1, n)).hidden_states[0].shape[1]
         assert contract.num_frames(n) == frames == n // contract.samples_per_frame
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    state = official_state(random_state(tiny2_config()))
+    state["layers.1.ffn2.w_2.weight"][0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite values .* layers.1.ffn2.w_2.weight"):
+        mertkit.load(write_checkpoint(tmp_path / "nan", state=state))

@@ -24,7 +24,7 @@ def test_mert_models_lists_every_card_with_contract_and_layer_guide():
     result = CliRunner().invoke(main, ["models"], catch_exceptions=False)
     assert result.exit_code == 0
     for card in PRETRAINED.values():
-        assert f"{card.name}  ({card.hub_id}, family {card.family}" in result.output
+        assert f"{card.name}  ({card.hub_id or 'ships with mertkit'}, family {card.family}" in result.output
     assert "key L4, instrument L14, genre L23" in result.output
     assert "default extraction window whole file" in result.output
     assert "models" in CliRunner().invoke(main, ["--help"]).output

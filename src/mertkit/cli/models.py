@@ -10,7 +10,7 @@ __all__ = ["models"]
 def _describe(card) -> list[str]:
     window = "whole file" if card.whole_file_default else f"{card.context_seconds:g} s"
     lines = [
-        f"{card.name}  ({card.hub_id}, family {card.family}, licence {card.license})",
+        f"{card.name}  ({card.hub_id or 'ships with mertkit'}, family {card.family}, licence {card.license})",
         f"  {card.sample_rate / 1000:g} kHz in, {card.frame_rate:g} Hz out, {card.num_hidden_states} hidden states, "
         f"input normalisation {'on' if card.do_normalize else 'off'}",
         f"  context {card.context_seconds:g} s (pre-training), default extraction window {window}",

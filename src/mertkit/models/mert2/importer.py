@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mertkit.models.checkpoint import CheckpointError, state_dict_mismatches
+from mertkit.models.checkpoint import CheckpointError, check_weights
 from mertkit.models.mert2.config import Mert2Config
 from mertkit.models.mert2.model import Mert2Model
 
@@ -26,9 +26,8 @@ def import_mert2(config: Mert2Config, state: dict[str, Tensor], *, source: str,
     """A Mert2Model in eval mode holding exactly `state`, cast to `dtype` (buffers stay float32)."""
     with torch.device("meta"):
         model = Mert2Model(config)  # shapes only: the checkpoint supplies every tensor
-    problems = state_dict_mismatches(model.state_dict(), state)
-    if problems:
-        raise CheckpointError(f"{source}: checkpoint does not match the config — " + " | ".join(problems))
+    # Names, shapes and finite values, every offending tensor named, before any memory is used.
+    check_weights({name: tuple(t.shape) for name, t in model.state_dict().items()}, state, source=source)
     for name in FRONT_END_BUFFERS:
         if state[name].dtype != torch.float32:
             raise CheckpointError(f"{source}: {name} is {state[name].dtype}; the front-end buffers must be float32")
