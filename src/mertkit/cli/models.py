@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from mertkit.cli.options import examples
+
 __all__ = ["models"]
 
 
@@ -26,7 +28,7 @@ def _describe(card) -> list[str]:
     return lines
 
 
-@click.command("models")
+@click.command("models", epilog=examples("mert models"))
 def models() -> None:
     """List the known models with their input contracts."""
     from mertkit.models.registry import PRETRAINED
