@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mertkit.cli.options import examples
+from mertkit.cli.options import examples, verbosity
 
 __all__ = ["models"]
 
@@ -29,6 +29,7 @@ def _describe(card) -> list[str]:
 
 
 @click.command("models", epilog=examples("mert models"))
+@verbosity
 def models() -> None:
     """List the known models with their input contracts."""
     from mertkit.models.registry import PRETRAINED
