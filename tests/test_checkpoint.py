@@ -70,7 +70,7 @@ def test_config_errors_name_the_file(tmp_path):
 
 def test_registry_carries_the_input_contract():
     assert set(PRETRAINED) == {"MERT-v1-330M", "MERT-v1-95M", "MERT-v0-public", "MERT-v0", "music2vec-v1",
-                               "mertkit-tiny-synth"}
+                               "MERT-v2-30s", "MERT-v2-FullSong", "mertkit-tiny-synth"}
     assert lookup("") is None
     assert lookup("m-a-p/MERT-v1-330M").revision == "7bab7bb5d8b52448eff4873a980dc17f0015a09c"
     assert lookup("mert-v1-95m").sample_rate == 24000 and lookup("music2vec-v1").frame_rate == 50.0

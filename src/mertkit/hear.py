@@ -14,11 +14,13 @@ the layers (MARBLE finds middle layers best for most tasks, the last one rarely)
 average is a layer-agnostic summary of the same width. `layer=k` takes hidden state k alone
 (and stops the encoder there). D = hidden_size either way (768 for MERT-v1-95M, 1024 for 330M).
 
-Timestamp embeddings are the model's frames (75 Hz for MERT-v1, 50 Hz for v0 and music2vec),
-computed in windows of the model's pre-training context (5 s; 30 s for music2vec) stitched at
-mid-overlap, each stamped with the centre of the samples it sees, in milliseconds: frame j of
-a window starting at sample s is at 1000 * (s + hop * j + receptive_field / 2) / sample_rate
-(see `mertkit.extraction.engine`). Scene embeddings are the time-mean of the timestamp embeddings.
+Timestamp embeddings are the model's frames (75 Hz for MERT-v1, 50 Hz for v0 and music2vec,
+25 Hz for MERT-v2), computed in windows of the model's default extraction window (its
+pre-training context: 5 s, 30 s for music2vec and MERT-v2-30s; the whole sound for
+MERT-v2-FullSong) stitched at mid-overlap, each stamped with the centre of the samples it
+sees, in milliseconds: frame j of a window starting at sample s is at
+1000 * (s + samples_per_frame * j + first_frame_centre) / sample_rate (the model's
+`InputContract`; see `mertkit.extraction.engine`). Scene embeddings are the time-mean of the timestamp embeddings.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 
 from mertkit.audio import AudioError, check_waveform
 from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions
-from mertkit.models.hubert.model import MertModel
+from mertkit.models.family import FamilyModel, contract_of
 
 __all__ = ["HearError", "HearModel", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
 
@@ -42,7 +44,7 @@ class HearError(ValueError):
 class HearModel(nn.Module):
     """A MERT model with the attributes HEAR asks for and the extraction settings to use."""
 
-    def __init__(self, model: MertModel, *, layer: int | str = "mean", window: float | None = None,
+    def __init__(self, model: FamilyModel, *, layer: int | str = "mean", window: float | None = None,
                  hop: float | None = None, dtype: str = "float32", batch_size: int = 8):
         super().__init__()
         num_states = model.config.num_hidden_states
@@ -120,7 +122,7 @@ def _waveforms(audio: Tensor, model: HearModel) -> list[np.ndarray]:
         raise HearError(f"audio must be a torch.Tensor [n_sounds, n_samples], got {type(audio).__name__}")
     if audio.dim() != 2:
         raise HearError(f"audio must be [n_sounds, n_samples] at {model.sample_rate} Hz, got shape {tuple(audio.shape)}")
-    minimum = model.model.config.receptive_field
+    minimum = contract_of(model.model).min_input_samples
     if audio.shape[0] and audio.shape[1] < minimum:
         raise HearError(f"audio of {audio.shape[1]} samples is shorter than one frame ({minimum} samples "
                         f"at {model.sample_rate} Hz)")

@@ -26,6 +26,7 @@ COMMANDS = {
     "bench-suite": ("mertkit.cli.bench_suite:bench_suite", "Render the offline synthetic music benchmark."),
     "search": ("mertkit.cli.search:search", "Nearest tracks in a feature store for a query audio file."),
     "serve": ("mertkit.cli.serve:serve", "A local web page over a feature store: neighbours, map, probe."),
+    "models": ("mertkit.cli.models:models", "List the known models with their input contracts."),
 }
 
 

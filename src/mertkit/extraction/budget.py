@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 
 from mertkit.models.hubert.config import MertConfig
+from mertkit.models.mert2.config import Mert2Config
 
 _log = logging.getLogger("mertkit")
 
@@ -29,8 +31,35 @@ _STANDARD_COPIES = 4.5  # first conv output copies alive at once on the standard
 GB = 1e9
 
 
-def forward_peak_bytes(config: MertConfig, batch: int, samples: int, dtype: torch.dtype, *, fused: bool) -> int:
+def forward_peak_bytes(config: Any, batch: int, samples: int, dtype: torch.dtype, *, fused: bool) -> int:
     """Estimated peak bytes of the activations of one forward of [batch, samples] (weights excluded)."""
+    if isinstance(config, MertConfig):
+        return _hubert_peak_bytes(config, batch, samples, dtype, fused=fused)
+    if isinstance(config, Mert2Config):
+        return _mert2_peak_bytes(config, batch, samples, dtype)
+    raise TypeError(f"no memory estimate for {type(config).__name__}")
+
+
+def _mert2_peak_bytes(config: Mert2Config, batch: int, samples: int, dtype: torch.dtype) -> int:
+    """MERT-v2 peaks in the float32 mel front end (STFT frames and complex spectrum), in a
+    ConvNeXt stage (4x-wide pointwise activations) or in the Conformer (kept states plus one
+    block's working set; attention runs blocked or through SDPA's flash kernel, never [T, T])."""
+    size = dtype.itemsize
+    mel_frames = samples // config.hop_length
+    bins = config.n_fft // 2 + 1
+    front = mel_frames * (bins * 16 + config.n_fft * 4)  # complex64 spectrum, power, frames: float32 always
+    channels = config.subsampling_channels or (config.num_mel_bins, 512, config.hidden_size)
+    rate, stages = mel_frames, []
+    for stride, width in zip((1, 2, 2), channels):
+        rate //= stride
+        stages.append(rate * 15 * width * size)  # pointwise 4C in, GELU, GRN out, plus the residual stream
+    frames = config.num_frames(samples)
+    states = frames * config.hidden_size * config.num_hidden_states * (size + 4)
+    layer = frames * (2 * config.intermediate_size + 8 * config.hidden_size) * size
+    return int(_MARGIN * batch * (2 * samples * 4 + max(front, *stages, states + layer))) + _FIXED
+
+
+def _hubert_peak_bytes(config: MertConfig, batch: int, samples: int, dtype: torch.dtype, *, fused: bool) -> int:
     size = dtype.itemsize
     steps0 = samples // config.conv_stride[0]
     first = steps0 * config.conv_dim[0] * size
@@ -62,12 +91,12 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
-def largest_batch(config: MertConfig, samples: int, dtype: torch.dtype, *, fused: bool, budget: int) -> int:
+def largest_batch(config: Any, samples: int, dtype: torch.dtype, *, fused: bool, budget: int) -> int:
     """How many inputs of `samples` fit in one forward within `budget` bytes (0: not even one)."""
     return budget // max(1, forward_peak_bytes(config, 1, samples, dtype, fused=fused))
 
 
-def fitting_batch_size(config: MertConfig, window_seconds: float, batch_size: int, dtype: torch.dtype, *,
+def fitting_batch_size(config: Any, window_seconds: float, batch_size: int, dtype: torch.dtype, *,
                        fused: bool, budget: int | None) -> int:
     """`batch_size`, or fewer windows (with a one-line warning) where a full batch would not fit.
 
@@ -89,7 +118,7 @@ def fitting_batch_size(config: MertConfig, window_seconds: float, batch_size: in
     return fits
 
 
-def whole_file_refusal(config: MertConfig, samples: int, dtype: torch.dtype, *, fused: bool,
+def whole_file_refusal(config: Any, samples: int, dtype: torch.dtype, *, fused: bool,
                        budget: int | None) -> str | None:
     """Why a whole-file pass (--window 0) over `samples` cannot run here, or None if it fits."""
     if budget is None:

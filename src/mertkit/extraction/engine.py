@@ -44,7 +44,7 @@ import torch
 from mertkit.audio import AudioError, check_waveform, normalize_waveform
 from mertkit.extraction import budget
 from mertkit.extraction.allocator import keep_freed_memory
-from mertkit.models.hubert.model import MertModel
+from mertkit.models.family import FamilyModel, contract_of
 from mertkit.models.kernels import (  # noqa: F401 - DTYPES re-exported
     DTYPE_CHOICES, DTYPES, cpu_capabilities, dtype_name, resolve_dtype,
 )
@@ -388,15 +388,17 @@ class Extractor:
     off on a GPU with long runs (see `mert extract --compile`).
     """
 
-    def __init__(self, model: MertModel, options: ExtractOptions = ExtractOptions(), *,
+    def __init__(self, model: FamilyModel, options: ExtractOptions = ExtractOptions(), *,
                  do_normalize: bool | None = None, compile: bool = False):
         self.model = model
         self.config = model.config
         self.options = options
         info = getattr(model, "info", None)
         self.do_normalize = do_normalize if do_normalize is not None else (info.do_normalize if info else False)
-        self.context = _default_window(model)
-        self.layers = _check_layers(options.layers, self.config.num_hidden_states)
+        # What the model expects (any family): rate, frames, minimum input, default window.
+        self.contract = contract_of(model)
+        self.context = self.contract.default_window_seconds
+        self.layers = _check_layers(options.layers, self.contract.num_hidden_states)
         if compile and self.device().type != "cuda":
             # On CPU the model runs fused oneDNN inference kernels that inductor cannot lower.
             raise ExtractError("compile=True (--compile) needs a CUDA device; on CPU the model already runs "
@@ -497,7 +499,7 @@ class Extractor:
         return FeatureSink(self.layers, self.options.pool, self.config.sample_rate)
 
     def new_windower(self) -> Windower:
-        return Windower(self.config.sample_rate, self.window, self.hop, self.config.receptive_field)
+        return Windower(self.contract.sample_rate, self.window, self.hop, self.contract.min_input_samples)
 
     def run(self, events: Iterable[DecodeEvent], make_sink: Callable[[int], Sink]) -> Iterator[tuple[int, object]]:
         """The engine: decode events of any number of interleaved jobs in, (job, result) out as
@@ -536,7 +538,7 @@ class Extractor:
     def _validated(self, key: object, wave: np.ndarray) -> np.ndarray:
         wave = _checked_block(wave, str(key))
         try:
-            window_plan(len(wave), self.config.sample_rate, self.window, self.hop, self.config.receptive_field)
+            window_plan(len(wave), self.contract.sample_rate, self.window, self.hop, self.contract.min_input_samples)
         except ExtractError as err:
             raise ExtractError(f"{key}: {err}") from None
         return wave
@@ -569,7 +571,8 @@ class Extractor:
         device = self.device()
         batch, lengths = _input_batch(chunks, device)
         weights = next(self.model.parameters()).dtype
-        batch = batch.to(weights)  # a model loaded in bf16/fp16 runs natively (fastest on CPU)
+        if not self.contract.float32_input:
+            batch = batch.to(weights)  # a model loaded in bf16/fp16 runs natively (fastest on CPU)
         exact = all(n == lengths[0] for n in lengths)
         with _autocast(device, self.compute_dtype, weights):
             out = self._forward(batch, None if exact else torch.tensor(lengths), max_layer=max(self.layers))
@@ -591,14 +594,14 @@ class Extractor:
     def _window_outputs(self, states: torch.Tensor, windows: list[Window]) -> list[WindowOutput]:
         """Per window: keep the frames it owns; pool on the model's device so only small
         vectors cross to the host for pooled output."""
-        config = self.config
-        centre = config.receptive_field / 2
+        contract = self.contract
         spans, stamps = [], []
         for w in windows:
-            centres = w.start + config.hop_length * np.arange(config.num_frames(w.end - w.start)) + centre
+            steps = np.arange(contract.num_frames(w.end - w.start))
+            centres = w.start + contract.samples_per_frame * steps + contract.first_frame_centre
             first, stop = np.searchsorted(centres, [w.keep_from, w.keep_until], side="left")
             spans.append((len(centres), int(first), int(stop)))
-            stamps.append(centres[first:stop] / config.sample_rate)
+            stamps.append(centres[first:stop] / contract.sample_rate)
         if self.options.pool == "none":
             host = states[:, :, : max(stop for _, _, stop in spans)].float().cpu().numpy()
             return [WindowOutput(w.index, w.start, w.end, t, frames=host[i, :, a:b])
@@ -637,17 +640,6 @@ def _autocast(device: torch.device, dtype: torch.dtype, weights: torch.dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _default_window(model: MertModel) -> float:
-    info = getattr(model, "info", None)
-    if info is not None:
-        from mertkit.models.registry import lookup
-
-        card = lookup(info.name)
-        if card is not None:
-            return card.context_seconds
-    return 5.0
-
-
 def _check_layers(layers: tuple[int, ...] | None, num_states: int) -> tuple[int, ...]:
     if layers is None:
         return tuple(range(num_states))
@@ -670,7 +662,7 @@ def parse_layers(text: str) -> tuple[int, ...] | None:
         raise ExtractError(f"--layers must be 'all' or comma-separated integers, got {text!r}") from err
 
 
-def embed_file(model: MertModel, path, *, layers: tuple[int, ...] | None = None, pool: str = "mean",
+def embed_file(model: FamilyModel, path, *, layers: tuple[int, ...] | None = None, pool: str = "mean",
                window: float | None = None) -> np.ndarray:
     """Pooled features [layers, width] of one audio file (decoded and resampled to the model
     rate as a stream, so any length fits in memory)."""

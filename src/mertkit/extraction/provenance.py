@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mertkit.models.hubert.model import MertModel
+from mertkit.models.family import FamilyModel
 
 __all__ = ["compute_dtype", "directory_fingerprint", "embed_like_store", "model_for_store", "model_source",
            "weights_fingerprint"]
@@ -43,7 +43,7 @@ _memory_cache: dict[tuple, str] = {}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
-def weights_fingerprint(model: MertModel) -> str:
+def weights_fingerprint(model: FamilyModel) -> str:
     """"sha256:<hex>" of the checkpoint directory the model was loaded from, else of its tensors."""
     info = getattr(model, "info", None)
     if info is not None and info.path and Path(info.path).is_dir():
@@ -59,14 +59,14 @@ def directory_fingerprint(directory: str | os.PathLike) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def compute_dtype(model: MertModel, requested: str) -> str:
+def compute_dtype(model: FamilyModel, requested: str) -> str:
     """The dtype the forward pass runs in: the weights' own when they are half precision (the
     extractor then runs them natively), else the requested autocast dtype."""
     weights = next(model.parameters()).dtype
     return _DTYPE_NAMES.get(weights, str(weights)) if weights != torch.float32 else requested
 
 
-def model_source(model: MertModel) -> str:
+def model_source(model: FamilyModel) -> str:
     """The absolute directory the model was loaded from ("" for a model built in memory)."""
     info = getattr(model, "info", None)
     if info is None or not info.path:
@@ -78,7 +78,7 @@ def _is_model_file(path: Path) -> bool:
     return path.is_file() and (path.name in _MODEL_FILE_NAMES or path.suffix in _MODEL_FILE_SUFFIXES)
 
 
-def _state_fingerprint(model: MertModel) -> str:
+def _state_fingerprint(model: FamilyModel) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
@@ -139,7 +139,7 @@ def _persist(key: str, value: str) -> None:
         log.info("could not save the weights digest cache %s: %s", path, err)
 
 
-def model_for_store(meta: Any, model: str | os.PathLike | None = None, *, device: str = "cpu") -> MertModel:
+def model_for_store(meta: Any, model: str | os.PathLike | None = None, *, device: str = "cpu") -> FamilyModel:
     """The model a store (its StoreMeta) was written with, loaded as extraction loaded it.
 
     `model` (a registry name, hub id or directory) is used when given; else the directory the
@@ -181,7 +181,7 @@ def _recorded_candidates(meta: Any, lookup: Any) -> list[str]:
     return found
 
 
-def embed_like_store(model: MertModel, meta: Any, audio: str | os.PathLike) -> np.ndarray:
+def embed_like_store(model: FamilyModel, meta: Any, audio: str | os.PathLike) -> np.ndarray:
     """Pooled [stored layers, width] features of one audio file, made with the store's layers,
     pooling, window, hop, compute dtype and normalisation."""
     from mertkit.extraction.engine import Extractor, ExtractOptions

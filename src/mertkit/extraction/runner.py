@@ -58,7 +58,7 @@ from mertkit.extraction.engine import (
     WindowOutput,
 )
 from mertkit.fileio import TEMP_MARK, atomic_write, make_temp_dir, remove_stale_temps, terminate_raises
-from mertkit.models.hubert.model import MertModel
+from mertkit.models.family import FamilyModel
 from mertkit.models.kernels import DTYPE_CHOICES, dtype_name, resolve_dtype
 
 OUTPUT_SUFFIX = ".safetensors"
@@ -109,7 +109,7 @@ class Provenance:
     source: str  # where the model was loaded from ("" when built in memory)
 
     @classmethod
-    def of(cls, model: MertModel, extractor: Extractor) -> Provenance:
+    def of(cls, model: FamilyModel, extractor: Extractor) -> Provenance:
         from mertkit.extraction import provenance
 
         info = getattr(model, "info", None)
@@ -119,7 +119,7 @@ class Provenance:
 
 
 def load_for_extraction(name_or_path: str | os.PathLike, revision: str | None = None, *, device: str = "cpu",
-                        dtype: str = "float32") -> MertModel:
+                        dtype: str = "float32") -> FamilyModel:
     """The model as extraction runs it, for every engine: half precision loads half-precision
     weights, which the fused CPU kernels and GPUs run natively (no autocast)."""
     from mertkit.models.checkpoint import load
@@ -165,7 +165,7 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def output_metadata(model: MertModel, extractor: Extractor, source: str,
+def output_metadata(model: FamilyModel, extractor: Extractor, source: str,
                     provenance: Provenance | None = None) -> dict[str, str]:
     from mertkit import __version__
 
@@ -194,7 +194,7 @@ def output_metadata(model: MertModel, extractor: Extractor, source: str,
 _REQUEST_KEYS = ("weights", "sample_rate", "layers", "window", "hop", "pooling", "dtype", "do_normalize")
 
 
-def store_meta(model: MertModel, extractor: Extractor, dtype: str, provenance: Provenance | None = None):
+def store_meta(model: FamilyModel, extractor: Extractor, dtype: str, provenance: Provenance | None = None):
     """The StoreMeta every row written by this extractor obeys."""
     from mertkit.store.parquet import StoreMeta
 
@@ -345,7 +345,7 @@ class AudioProgress:
 
 
 def run_extract(
-    model: MertModel,
+    model: FamilyModel,
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike | None,
     options: ExtractOptions = ExtractOptions(),

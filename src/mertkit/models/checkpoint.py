@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_object, weight_shapes
+from mertkit.models.family import FamilyModel, read_config
+from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_object
 from mertkit.models.hubert.model import MertModel
 from mertkit.models.registry import ModelCard, asset_dir, lookup
 
@@ -69,19 +70,18 @@ def load(
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
-) -> MertModel:
-    """Load a MERT-family model in eval mode; `model.info` says what it is and expects."""
+) -> FamilyModel:
+    """Load a model of any family (`mertkit.models.family`, dispatched on config.json's
+    `model_type`) in eval mode; `model.info` says what it is and expects."""
     directory, card, revision = resolve(name_or_path, revision, cache_dir=cache_dir, local_files_only=local_files_only)
-    config = MertConfig.from_json(directory / "config.json")
-    info = _info(directory, config, card, revision)
-    # Config and weights are checked against each other before the model is built, so a
-    # config that disagrees with its weights never costs the memory of the model it describes.
-    state = to_mertkit_names(read_state_dict(directory))
-    check_weights(weight_shapes(config), state, source=str(directory))
-    model = MertModel(config)
-    model.load_state_dict(_as_float32(state), strict=True)
+    config_path = directory / "config.json"
+    family, config = read_config(read_json_object(config_path, ConfigError), source=str(config_path))
+    info = _info(directory, config, card, revision, family.contract(config, None, None).do_normalize)
+    # The family's importer checks config and weights against each other before it builds the
+    # model, so a config that disagrees with its weights never costs the memory it describes.
+    model = family.import_checkpoint(config, read_state_dict(directory), str(directory), dtype)
     model.info = info
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device).eval()
 
 
 def resolve(
@@ -155,8 +155,8 @@ def _config_name(directory: Path) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def _info(directory: Path, config: MertConfig, card: ModelCard | None, revision: str | None) -> LoadedInfo:
-    do_normalize = card.do_normalize if card else True
+def _info(directory: Path, config, card: ModelCard | None, revision: str | None, family_normalize: bool) -> LoadedInfo:
+    do_normalize = card.do_normalize if card else family_normalize
     pre = directory / "preprocessor_config.json"
     if pre.is_file():
         data = read_json_object(pre, CheckpointError)

@@ -1,4 +1,4 @@
-"""The five published checkpoints, the model mertkit ships, and the input contract each carries.
+"""The published checkpoints, the model mertkit ships, and the input contract each carries.
 
 Like open_clip's pretrained table: a name resolves to where the weights live (hub id and,
 where known, a pinned revision, or a folder inside the package) and to what the model expects
@@ -27,6 +27,10 @@ class ModelCard:
     context_seconds: float  # pre-training crop length: the natural extraction window
     license: str = "CC-BY-NC-4.0"
     asset: str | None = None  # folder under mertkit/assets for a model that ships with the package
+    family: str = "hubert"  # mertkit.models.family.FAMILIES key
+    whole_file_default: bool = False  # extraction runs the whole file in one pass by default
+    # The model card's best layer per probing task, numbered as on the card.
+    layer_guide: tuple[tuple[str, int], ...] = ()
 
 
 PRETRAINED: dict[str, ModelCard] = {
@@ -39,6 +43,12 @@ PRETRAINED: dict[str, ModelCard] = {
         ModelCard("MERT-v0-public", "m-a-p/MERT-v0-public", None, 16000, 50.0, 13, True, 5.0),
         ModelCard("MERT-v0", "m-a-p/MERT-v0", None, 16000, 50.0, 13, True, 5.0),
         ModelCard("music2vec-v1", "m-a-p/music2vec-v1", None, 16000, 50.0, 13, True, 30.0),
+        # MERT-v2 (September 2026): 24 kHz raw waveforms, 25 Hz, one state per Conformer block.
+        # Gated repos; 30s was trained on 30 s crops, FullSong continued on whole songs (30-360 s).
+        ModelCard("MERT-v2-30s", "m-a-p/MERT-v2-30s", None, 24000, 25.0, 24, False, 30.0, family="mert2",
+                  layer_guide=(("key", 4), ("instrument", 14), ("genre", 23))),
+        ModelCard("MERT-v2-FullSong", "m-a-p/MERT-v2-FullSong", None, 24000, 25.0, 24, False, 360.0, family="mert2",
+                  whole_file_default=True),
         # Pre-trained by mertkit itself (see README): works offline, not a research model.
         ModelCard(SHIPPED_MODEL, None, None, 24000, 75.0, 5, False, 5.0, license="Apache-2.0", asset="model"),
     )

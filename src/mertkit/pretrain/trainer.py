@@ -282,8 +282,13 @@ def seed_everything(seed: int) -> None:
 def load_released_backbone(model: MertPretrainModel, name_or_path: str) -> None:
     """Continued pre-training: copy a released checkpoint's weights strictly into the backbone."""
     from mertkit.models.checkpoint import load, load_state_dict_strict
+    from mertkit.models.family import family_of
 
     released = load(name_or_path)
+    family = family_of(released).name
+    if family != "hubert":
+        raise PretrainError(f"init_from {name_or_path}: a {family} checkpoint; the MERT-v1 recipe continues "
+                            f"HuBERT-family checkpoints (MERT-v0/v1, music2vec) only")
     ours, theirs = model.backbone.config, released.config
     architecture = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                     "conv_dim", "conv_kernel", "conv_stride", "do_stable_layer_norm", "feat_extract_norm",
