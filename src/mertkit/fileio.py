@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -90,6 +91,12 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Any], None], *, mod
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def write_json(target: str | os.PathLike, data: Any) -> Path:
+    """`data` as indented JSON (strict: NaN or Infinity is a ValueError), written atomically."""
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return atomic_write(target, lambda handle: handle.write(text), mode="w")
 
 
 def make_temp_dir(parent: str | os.PathLike) -> Path:

@@ -18,11 +18,11 @@ Exits with status 1 when any file failed. Re-running the same command resumes.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from mertkit.fileio import write_json
 from mertkit.cli.options import FiniteFloat, device_option, examples, max_duration_value, out_option, quiet, verbosity
 
 __all__ = ["labels"]
@@ -93,7 +93,7 @@ def _health_report(labeller, out_dir: Path, suite: Path | None, min_usage: float
             lambda path: labeller.codes(load_audio(path, labeller.sample_rate)).astype("int64"), suite,
             labeller.codebook_size,
         )
-    (out_dir / "label_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out_dir / "label_report.json", report)
     return label_health_problems(stats, min_usage=min_usage, min_perplexity=min_perplexity)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mertkit.fileio import atomic_write, write_json
 from mertkit.models.family import FamilyModel, read_config
 from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_object
 from mertkit.models.hubert.model import MertModel
@@ -315,17 +316,18 @@ def save_pretrained(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = model.config
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     info = getattr(model, "info", None)
     normalize = do_normalize if do_normalize is not None else (info.do_normalize if info else True)
-    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(config, normalize), indent=2) + "\n")
+    write_json(out / "config.json", config.to_dict())
+    write_json(out / "preprocessor_config.json", preprocessor_config(config, normalize))
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     if "bin" in formats:
-        torch.save(state, out / "pytorch_model.bin")
+        atomic_write(out / "pytorch_model.bin", lambda handle: torch.save(state, handle))
     if "safetensors" in formats:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        blob = save(state, metadata={"format": "pt"})
+        atomic_write(out / "model.safetensors", lambda handle: handle.write(blob))
     return out
 
 

@@ -23,7 +23,6 @@ Three instruments, each usable on any run:
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from mertkit.fileio import write_json
 
 SNAPSHOT_FORMAT = "mertkit-snapshot-1"
 SNAPSHOT_DIR = "snapshots"
@@ -420,7 +421,7 @@ def run_diagnostics(
     if suite_dir is not None:
         report["probe_curve"] = probe_curve(run_dir, suite_dir, log=log)
         plot_curve(report["probe_curve"], out / "probe_curve.png")
-    (out / "diagnostics.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
+    write_json(out / "diagnostics.json", _finite(report))
     return report
 
 

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mertkit.fileio import write_json
 from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_object
 
 PRESET_NAMES = ("tiny", "95m", "330m")
@@ -183,7 +184,7 @@ class PretrainConfig:
         return cls.from_dict(read_json_object(path, PretrainConfigError), source=str(path))
 
     def save_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     def with_overrides(self, overrides: list[str]) -> PretrainConfig:
         """Apply `key=value` strings; `model.hidden_size=256` reaches into the backbone config.

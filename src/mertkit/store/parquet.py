@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from mertkit.fileio import TEMP_MARK, atomic_write
+from mertkit.fileio import TEMP_MARK, atomic_write, write_json
 
 __all__ = [
     "FeatureStore",
@@ -206,11 +206,6 @@ class StoreMeta:
 
 
 # ----------------------------------------------------------------------------- file helpers
-
-
-def _write_json(target: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1, sort_keys=True).encode()
-    atomic_write(target, lambda handle: handle.write(text))
 
 
 def _read_json(path: Path) -> Any:
@@ -448,7 +443,7 @@ class FeatureStoreWriter:
             return
         if _shard_files(self.root):
             raise StoreCorruptError(f"{self.root}: shards exist but {META_FILE} is missing")
-        _write_json(self.root / META_FILE, self.meta.to_dict())
+        write_json(self.root / META_FILE, self.meta.to_dict())
 
     def _remove_temp_files(self) -> None:
         """Temp files are only ever written under the lock we now hold: any left are debris."""
@@ -461,7 +456,7 @@ class FeatureStoreWriter:
             for name, entry in self._shards.items()
         }
         try:
-            _write_json(self.root / MANIFEST_FILE, {"version": 1, "shards": shards})
+            write_json(self.root / MANIFEST_FILE, {"version": 1, "shards": shards})
         except OSError as error:  # only a cache: the next open reads the shard footers instead
             log.warning("%s: could not update %s (%s)", self.root, MANIFEST_FILE, error.strerror or error)
 
