@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import mertkit
-from mertkit.extraction.engine import embed_file
+from mertkit.extraction.api import embed_file
 from mertkit.pretrain.export import export_checkpoint
 from mertkit.pretrain.labels import find_audio_files, write_labels
 from mertkit.pretrain.pretrain_config import load_config

@@ -2,7 +2,8 @@
 
     import mertkit
     model = mertkit.load("MERT-v1-95M")            # or "mertkit-tiny-synth", a hub id, a folder
-    vectors = mertkit.embed_file(model, "song.mp3")  # exactly what `mert extract --pool mean` gives
+    feats = mertkit.embed(model, "song.mp3")       # exactly what `mert extract` gives (any options)
+    vectors = mertkit.embed_file(model, "song.mp3")  # pooled: what `mert extract --pool mean` gives
     store = mertkit.store.open("feats.parquet/")   # a feature store written by `mert extract --store`
     hits = mertkit.search(store, vectors, layer=12, k=10)
 
@@ -27,7 +28,10 @@ _LAZY = {
     "load": "mertkit.models.checkpoint",
     "load_audio": "mertkit.audio",
     "PRETRAINED": "mertkit.models.registry",
-    "embed_file": "mertkit.extraction.engine",
+    "embed": "mertkit.extraction.api",
+    "weighted_layer_average": "mertkit.extraction.api",
+    "stack_pooled": "mertkit.extraction.api",
+    "embed_file": "mertkit.extraction.api",
     "Extractor": "mertkit.extraction.engine",
     "ExtractOptions": "mertkit.extraction.engine",
     "run_extract": "mertkit.extraction.runner",

@@ -660,12 +660,3 @@ def parse_layers(text: str) -> tuple[int, ...] | None:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError as err:
         raise ExtractError(f"--layers must be 'all' or comma-separated integers, got {text!r}") from err
-
-
-def embed_file(model: FamilyModel, path, *, layers: tuple[int, ...] | None = None, pool: str = "mean",
-               window: float | None = None) -> np.ndarray:
-    """Pooled features [layers, width] of one audio file (decoded and resampled to the model
-    rate as a stream, so any length fits in memory)."""
-    if pool == "none":
-        raise ExtractError("embed_file pools; use Extractor for frame-level features")
-    return Extractor(model, ExtractOptions(layers=layers, pool=pool, window=window)).extract_file(path).hidden_states
