@@ -781,14 +781,6 @@ def _packed_frame_to_float32(frame: av.AudioFrame, name: str) -> np.ndarray:
     raise AudioError(f"{name}: unsupported decoded sample format {frame.format.name!r}")
 
 
-def _pyav_duration(container, stream) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    return None
-
-
 # --------------------------------------------------------------------------------------------
 # Downmix and streaming resample
 # --------------------------------------------------------------------------------------------
