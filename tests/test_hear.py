@@ -95,3 +95,45 @@ def test_bad_arguments(model, ckpt):
         hear.get_timestamp_embeddings(torch.zeros(2, 100), model)
     with pytest.raises(hear.HearError, match="NaN"):
         hear.get_scene_embeddings(torch.full((1, 16000), float("nan")), model)
+
+
+# The HEAR 2021 contract, checked the way hearvalidator checks it, for every registry layout
+# (MERT-v1-95M post-LN 24 kHz, MERT-v1-330M pre-LN 24 kHz, MERT-v0 16 kHz, music2vec data2vec 16 kHz).
+@pytest.mark.parametrize("layout, model_rate, hear_rate", [
+    ("post_ln", 24000, 48000), ("pre_ln", 24000, 48000), ("post_ln", 16000, 16000), ("data2vec", 16000, 16000),
+])
+def test_hear_contract_for_every_layout(tmp_path, layout, model_rate, hear_rate):
+    torch.manual_seed(0)
+    folder = save_pretrained(MertModel(tiny_config(layout, sample_rate=model_rate)), tmp_path / layout,
+                             formats=("safetensors",), do_normalize=True)
+    model = hear.load_model(str(folder), device="cpu")
+    assert model.sample_rate == hear_rate and model.sample_rate in hear.HEAR_SAMPLE_RATES
+    assert isinstance(model.scene_embedding_size, int) and isinstance(model.timestamp_embedding_size, int)
+    noise = torch.rand(3, int(2.0 * hear_rate)) * 2 - 1
+    embeddings, stamps = hear.get_timestamp_embeddings(noise, model)
+    assert embeddings.dtype == torch.float32 and embeddings.shape[0] == 3
+    assert embeddings.shape[2] == model.timestamp_embedding_size and stamps.shape == embeddings.shape[:2]
+    frames = model.model.config.num_frames(2 * model_rate)
+    assert embeddings.shape[1] == frames  # the audio was resampled to the model's rate, 2 s in both
+    step = torch.diff(stamps)
+    frame_ms = 1000 * model.model.config.hop_length / model_rate
+    assert torch.allclose(step, torch.full_like(step, frame_ms), atol=1e-3)  # regular, in milliseconds
+    assert 0 < stamps[0, 0].item() < frame_ms and stamps[0, -1].item() < 2000
+    scene = hear.get_scene_embeddings(torch.rand(2, int(3.74 * hear_rate)) * 2 - 1, model)
+    assert scene.shape == (2, model.scene_embedding_size) and scene.dtype == torch.float32
+
+
+def test_hear_rate_choice_and_resampling_matches_native(ckpt, tmp_path):
+    assert hear.hear_sample_rate(24000) == 48000 and hear.hear_sample_rate(16000) == 16000
+    assert hear.hear_sample_rate(22050) == 22050 and hear.hear_sample_rate(8000) == 16000
+    with pytest.raises(hear.HearError, match="sample_rate must be one of"):
+        hear.load_model(str(ckpt), device="cpu", sample_rate=24000)
+    # A 16 kHz model asked for 48 kHz input: a 48 kHz tone gives what the 16 kHz tone gives.
+    up = hear.load_model(str(ckpt), device="cpu", sample_rate=48000)
+    native = hear.load_model(str(ckpt), device="cpu")
+    t48, t16 = torch.arange(48000) / 48000, torch.arange(16000) / 16000
+    tone48, tone16 = (0.5 * torch.sin(2 * torch.pi * 440 * t48))[None], (0.5 * torch.sin(2 * torch.pi * 440 * t16))[None]
+    a, _ = hear.get_timestamp_embeddings(tone48, up)
+    b, _ = hear.get_timestamp_embeddings(tone16, native)
+    assert a.shape == b.shape
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99

@@ -1,7 +1,11 @@
 """Report files and the `mert probe` command on a tiny safetensors feature folder."""
+import csv
+import dataclasses
+import functools
 import json
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.numpy import save_file
@@ -16,6 +20,7 @@ from mertkit.eval.saved_probe import load_probe
 torch.set_num_threads(1)
 
 
+@functools.lru_cache(maxsize=None)  # deterministic; tests only read it (dataclasses.replace makes copies)
 def toy_result(layer):
     rng = np.random.default_rng(0)
     splits = []
@@ -66,8 +71,106 @@ def test_probe_command(tmp_path):
     saved = load_probe(tmp_path / "out")  # the best probe, for `mert serve --probe`
     assert saved.layer == 2 and saved.task.labels == ("rock", "pop") and saved.model == "toy-model"
 
+    again = CliRunner().invoke(probe, args)
+    assert again.exit_code == 1 and "already holds a report" in again.output  # never overwritten silently
     other_task = json.dumps({"name": "genre", "kind": "multiclass", "labels": ["rock", "jazz"]})
-    bad = CliRunner().invoke(probe, args[:5] + [other_task] + args[6:])
+    bad = CliRunner().invoke(probe, args[:5] + [other_task] + args[6:] + ["--overwrite"])
     assert bad.exit_code == 1
     assert "m.csv: row 'train/1.wav': label 'pop' is not in the task's label set" in bad.output
     assert isinstance(bad.exception, SystemExit)  # a clean click error, not a traceback
+
+
+def test_scores_say_n1_for_one_seed_and_show_the_interval():
+    from mertkit.eval.report import format_score
+
+    two = toy_result(3 - 2)  # layer 1, seeds (0, 1)
+    assert "±" in format_score(two) and "(n=1)" not in format_score(two)
+    one = dataclasses.replace(two, runs=two.runs[:1])
+    text = format_score(one)
+    assert "(n=1)" in text and "±" not in text
+    low, high = two.test_ci
+    assert low <= two.score <= high and text.endswith(f"[{100 * low:.1f}, {100 * high:.1f}]")
+    assert two.n_test == 15 and two.ci_resamples == 1000
+
+
+def test_bootstrap_interval_is_reproducible_and_sized_by_the_test_set():
+    from mertkit.eval.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    small, large = rng.random(20) < 0.5, rng.random(2000) < 0.5
+    a = bootstrap_ci(lambda index: float(small[index].mean()), len(small))
+    assert a == bootstrap_ci(lambda index: float(small[index].mean()), len(small))
+    b = bootstrap_ci(lambda index: float(large[index].mean()), len(large))
+    assert a[0] <= small.mean() <= a[1] and b[0] <= large.mean() <= b[1]
+    # the width shrinks like 1/sqrt(n): about 0.44 for 20 clips, 0.044 for 2000
+    assert 0.3 < a[1] - a[0] < 0.6 and 0.03 < b[1] - b[0] < 0.06
+    assert bootstrap_ci(lambda index: 1.0, 1) is None
+
+
+def test_confusion_matrix_counts_every_seed_and_is_written(tmp_path):
+    result = toy_result(1)
+    confusion = np.array(result.confusion)
+    assert confusion.shape == (2, 2) and confusion.sum() == 15 * 2  # test clips x seeds
+    accuracy = np.trace(confusion) / confusion.sum()
+    assert accuracy == pytest.approx(result.score)
+    paths = write_report([result], tmp_path, model="m", labels={"toy": ("no", "yes")})
+    payload = json.loads(paths["confusion-toy-1"].with_suffix(".json").read_text())
+    assert payload["labels"] == ["no", "yes"] and payload["counts"] == result.confusion
+    assert paths["confusion-toy-1"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pooled_results_average_the_repeats():
+    from mertkit.eval.probes import pool_results
+
+    first, second = toy_result("all"), toy_result("all")
+    second = dataclasses.replace(second, test_mean={"accuracy": second.score - 0.2})
+    pooled = pool_results([first, second])
+    assert pooled.score == pytest.approx(first.score - 0.1) and pooled.test_std["accuracy"] == pytest.approx(0.1)
+    assert len(pooled.runs) == 4 and len(pooled.per_layer) == 3 and pooled.best_layer == first.best_layer
+    assert np.sum(pooled.confusion) == 2 * np.sum(first.confusion) and len(pooled.test_ci) == 2
+
+
+def test_json_is_strict_with_reasons_for_nulls():
+    from mertkit.eval.report import json_text
+
+    text = json_text({"floors": {"beat": float("nan"), "key": 0.1}, "x": [float("inf")]}, {"floors.beat": "no floor"})
+    payload = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name}"))
+    assert payload["floors"] == {"beat": None, "key": 0.1} and payload["x"] == [None]
+    assert payload["null_reasons"]["floors.beat"] == "no floor" and "not a finite number" in payload["null_reasons"]["x[0]"]
+
+
+def test_probe_reads_a_bench_suite_task_folder(tmp_path):
+    pytest.importorskip("pretty_midi")
+    pytest.importorskip("tinysoundfont")
+    from mertkit.synth.suite import build_task
+
+    folder = build_task(tmp_path / "suite", "pitch_class", num_clips=24, seed=2)
+    labels = json.loads((folder / "task.json").read_text())["labels"]
+    rng = np.random.default_rng(0)
+    with (folder / "manifest.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:  # features that carry the class in layer 1, as `mert extract --pool mean` writes them
+        hidden = rng.normal(size=(3, 12)).astype(np.float32)
+        hidden[1, labels.index(row["label"])] += 8
+        target = tmp_path / "feats" / f"{row['path']}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"hidden_states": hidden}, str(target), metadata={"model": "toy"})
+    args = ["--features", str(tmp_path / "feats"), "--task", str(folder), "--layers", "all", "--probe", "linear",
+            "--seeds", "0", "--lrs", "0.05", "--epochs", "60", "-o", str(tmp_path / "out"), "-q"]
+    result = CliRunner().invoke(probe, args)
+    assert result.exit_code == 0, result.output
+    assert "pitch_class: accuracy ×100 = " in result.output and "(n=1)" in result.output and "layer 1 chosen" in result.output
+    assert (tmp_path / "out" / "confusion-pitch_class-all.png").is_file()
+    by_json = CliRunner().invoke(probe, args[:3] + [str(folder / "task.json")] + args[4:-3] + ["-o", str(tmp_path / "o2")])
+    assert by_json.exit_code == 0, by_json.output
+    inline = '{"name": "x", "kind": "multiclass", "labels": ["a"]}'
+    bare = CliRunner().invoke(probe, args[:3] + [inline] + args[4:-3] + ["-o", str(tmp_path / "o3")])
+    assert bare.exit_code == 2 and "--manifest is required" in bare.output
+
+
+def test_bench_suite_task_json_is_a_task_spec():
+    from mertkit.eval.datasets import TaskSpec
+
+    tempo = {"name": "tempo", "kind": "beat", "labels": [], "metric": "beat_f_measure", "clip_seconds": 8.0,
+             "sample_rate": 24000, "seed": 0, "num_clips": 10, "label_kind": "regression", "extra": {}}
+    assert TaskSpec.from_dict(tempo) == TaskSpec("tempo", "beat", 1, "beat_f")

@@ -44,7 +44,8 @@ def tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     model_dir = tiny_checkpoint(root / "tiny-mert")
-    first = run_suite(model_dir, root / "suite", root / "out", tasks=TASKS, clips_per_task=CLIPS, **FAST)
+    first = run_suite(model_dir, root / "suite", root / "out", tasks=TASKS, clips_per_task=CLIPS, random_init=0,
+                      run_name="first", **FAST)
     return root, model_dir, first
 
 
@@ -60,11 +61,11 @@ def feature_files(out: Path) -> dict[str, int]:
 
 def test_every_task_and_baseline_has_a_finite_score(run):
     root, _, result = run
-    payload = json.loads((root / "out" / "results.json").read_text())
-    found = {(r["task"], r["source"], r["setting"]) for r in payload["results"]}
+    payload = json.loads((root / "out" / "first" / "results.json").read_text())
+    found = {(r["task"], r["kind"], r["setting"]) for r in payload["results"]}
     for task in TASKS:
         assert {(task, "model", "all"), (task, "model", "weighted")} <= found
-        baselines = {(task, "mfcc", "stats"), (task, "chroma", "stats")}
+        baselines = {(task, "baseline", "stats")}
         # Baselines are clip statistics: every clip task has them, the frame-level beat task cannot.
         assert baselines <= found if task != "beat" else not baselines & found
     for entry in payload["results"]:
@@ -73,19 +74,19 @@ def test_every_task_and_baseline_has_a_finite_score(run):
     assert all(len(r["per_layer"]) == tiny_config().num_hidden_states for r in sweep)
     metrics = {r["task"]: r["metric"] for r in payload["results"]}
     # clip tasks take the run's probe (the MLP by default); the frame-level beat task the linear one
-    kinds = {r["task"]: r["probe"] for r in payload["results"] if r["source"] == "model"}
+    kinds = {r["task"]: r["probe"] for r in payload["results"] if r["kind"] == "model"}
     assert kinds == {"pitch": "mlp", "instrument": "mlp", "key": "mlp", "tempo": "mlp", "beat": "linear"}
     assert payload["probe"]["beat_kind"] == "linear"
     assert metrics == {"pitch": "accuracy", "instrument": "accuracy", "key": "accuracy", "tempo": "r2", "beat": "beat_f"}
     assert payload["model"]["path"] == str(root / "tiny-mert") and payload["model"]["random_weights"] is False
     assert payload["probe"]["seeds"] == [0, 1]
-    png = (root / "out" / "layers.png").read_bytes()
+    png = (root / "out" / "first" / "layers.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def test_summary_table_matches_the_json(run):
     root, _, result = run
-    table = (root / "out" / "results.md").read_text()
+    table = result.paths["markdown"].read_text()
     assert table.startswith(result.table)
     header = next(line for line in table.splitlines() if line.startswith("| task |"))
     assert "MFCC stats" in header and "chroma stats" in header and "best layer" in header and "weighted" in header
@@ -146,7 +147,8 @@ def test_rerun_reuses_suite_and_features(run):
     assert len(before) == CLIPS * (4 + 2 * 4)  # model: 4 folders (tempo once); 2 baselines x 4 clip tasks
     # Only the weighted probe this time: the point is the cache, and the sweeps cost time.
     second = run_suite(model_dir, root / "suite", root / "out", tasks=TASKS, clips_per_task=CLIPS,
-                       layers="weighted", **FAST)
+                       layers="weighted", random_init=0, **FAST)
+    assert second.paths["json"].parent.parent == root / "out" and second.paths["json"].parent.name != "first"
     assert feature_files(root / "out") == before
     assert {str(p): p.stat().st_mtime_ns for p in (root / "suite").rglob("*") if p.is_file()} == suite_before
     # Probes are deterministic on CPU, so the same cache gives the same numbers.
@@ -172,6 +174,8 @@ def test_existing_suite_with_another_seed_is_refused(run, tmp_path):
     root, model_dir, _ = run
     with pytest.raises(SuiteRunError, match=r"suite/pitch: was built with seed 0 and 10 clips.*seed 3"):
         run_suite(model_dir, root / "suite", tmp_path / "out", tasks=["pitch"], seed=3, **FAST)
+    with pytest.raises(SuiteRunError, match=r"first: already holds a report.*--overwrite"):
+        run_suite(model_dir, root / "suite", root / "out", tasks=["pitch"], run_name="first", **FAST)
 
 
 def test_bad_tasks_and_baselines_are_refused(tmp_path):
@@ -210,14 +214,16 @@ def test_cli_default_model_says_random_and_prints_the_table(run, tmp_path, monke
     # Stand the tiny checkpoint in for the demo model (same contract: a directory and is_random).
     monkeypatch.setattr(mertkit.cli.demo_assets, "demo_model_dir", lambda: (model_dir, True))
     args = ["--suite", "synth", "--suite-dir", str(root / "suite"), "--out", str(tmp_path / "out"),
-            "--tasks", "pitch,tempo", "--seeds", "0", "--lrs", "1e-2", "--epochs", "2", "--clips", str(CLIPS), "--quiet"]
+            "--tasks", "pitch,tempo", "--seeds", "0", "--lrs", "1e-2", "--epochs", "2", "--clips", str(CLIPS),
+            "--random-init", "0", "--run-name", "cli", "--quiet"]
     result = CliRunner().invoke(evaluate, args)
     assert result.exit_code == 0, result.output + result.stderr
     assert "RANDOM weights" in result.stderr
     assert "RANDOM weights" in result.stdout  # the table's header says it too
     assert re.search(r"^\| pitch \| accuracy \|", result.stdout, re.MULTILINE)
     assert re.search(r"^\| beat \| beat_f \| not run", result.stdout, re.MULTILINE)
-    assert (tmp_path / "out" / "layers.png").is_file()
+    assert (tmp_path / "out" / "cli" / "layers.png").is_file()
+    assert "(n=1)" in result.stdout and "± 0.0" not in result.stdout  # one seed: no fake spread
     bad = CliRunner().invoke(evaluate, args[:-1] + ["--layers", "best"])
     assert bad.exit_code != 0 and "--layers" in bad.stderr
 
@@ -243,7 +249,8 @@ def test_changed_audio_gets_a_fresh_cache(run, tmp_path):
     clip = suite / "pitch" / "clips" / "000000.wav"
     wave, rate = soundfile.read(clip)
     soundfile.write(clip, 0.5 * wave, rate)  # same manifest and task.json, other bytes
-    run_suite(model_dir, suite, out, tasks=["pitch"], layers="weighted", baselines=["mfcc"], clips_per_task=CLIPS, **FAST)
+    run_suite(model_dir, suite, out, tasks=["pitch"], layers="weighted", baselines=["mfcc"], clips_per_task=CLIPS,
+              random_init=0, **FAST)
     for parent in (out / "features" / result.model.cache_key, out / "features" / "baseline-mfcc"):
         caches = list(parent.glob("pitch-*"))
         assert len(caches) == 2, caches
@@ -262,9 +269,54 @@ def test_cli_quick_sets_small_defaults_but_explicit_options_win(tmp_path, monkey
     result = CliRunner().invoke(evaluate, ["--quick", "--seeds", "5,6", "--out", str(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
     model, suite_dir, out_dir, kwargs = calls[0]
-    assert model is None and out_dir == tmp_path and suite_dir == tmp_path / "suite" / "synth-seed0-clips40"
+    assert model == [None] and out_dir == tmp_path and suite_dir == tmp_path / "suite" / "synth-seed0-clips40"
     assert kwargs["clips_per_task"] == 40 and kwargs["seeds"] == (5, 6)
     assert kwargs["lrs"] == (1e-3,) and kwargs["max_epochs"] == 30
-    assert kwargs["tasks"] == ("pitch", "instrument", "key", "tempo", "beat") and kwargs["layers"] == ("all", "weighted")
+    assert kwargs["tasks"] == ("pitch", "pitch_class", "instrument", "key", "tempo", "beat")
+    assert kwargs["layers"] == ("all", "weighted") and kwargs["random_init"] == 1 and kwargs["seed"] is None
     assert kwargs["probe"] == "mlp" and kwargs["beat_probe"] == "linear"
     assert result.stdout.strip().endswith("THE TABLE")
+
+
+def _strict_json(path: Path):
+    def refuse(constant):
+        raise ValueError(f"{path}: bare {constant} in JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_bench_suite_then_eval_suite_dir_two_models(tmp_path):
+    """`mert bench-suite synth -o suite/` then `mert eval --suite-dir suite/ -m A -m B`: the rendered
+    suite is used as it is (its seed too), both models and their random inits land in one report."""
+    from mertkit.cli.bench_suite import bench_suite
+
+    rendered = CliRunner().invoke(bench_suite, ["synth", "-o", str(tmp_path / "suite"), "--task", "pitch_class",
+                                                "--clips", "12", "--seed", "5", "-q"])
+    assert rendered.exit_code == 0, rendered.output
+    suite_files = {str(p): p.stat().st_mtime_ns for p in (tmp_path / "suite").rglob("*") if p.is_file()}
+    first, second = tiny_checkpoint(tmp_path / "model-a", 0), tiny_checkpoint(tmp_path / "model-b", 1)
+    args = ["--suite-dir", str(tmp_path / "suite"), "-m", str(first), "-m", str(second), "-o", str(tmp_path / "out"),
+            "--tasks", "pitch_class", "--seeds", "0", "--lrs", "1e-2", "--epochs", "2", "--random-init", "1", "--probe", "linear",
+            "--run-name", "cmp", "--device", "cpu", "-q"]
+    result = CliRunner().invoke(evaluate, args)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert {str(p): p.stat().st_mtime_ns for p in (tmp_path / "suite").rglob("*") if p.is_file()} == suite_files
+    run = tmp_path / "out" / "cmp"
+    payload = _strict_json(run / "results.json")
+    assert payload["suite"]["seed"] == 5 and [m["name"] for m in payload["models"]] == ["model-a", "model-b"]
+    rows = {(r["source"], r["kind"], r["setting"]) for r in payload["results"]}
+    for name in ("model-a", "model-b"):
+        assert {(name, "model", "all"), (f"{name} random init", "random_init", "all")} <= rows
+    pooled = next(r for r in payload["results"] if r["source"] == "model-a random init" and r["setting"] == "all")
+    assert [run_["seed"] for run_ in pooled["runs"]] == [0] and len(pooled["test_ci"]) == 2 and pooled["n_test"] == 2
+    confusion = _strict_json(run / "confusion" / "pitch_class.json")
+    assert len(confusion["labels"]) == 12 and np.sum(confusion["counts"]) == 2  # 2 test clips x 1 seed
+    for name in ("layers.png", "heatmap.png", "weights.png", "confusion/pitch_class.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| task |")).split(" | ")
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| pitch_class |")).split(" | ")
+    cells = dict(zip(header, row))
+    # one probe seed: no spread to show
+    assert "(n=1)" in cells["model-a: best layer"] and "±" not in cells["model-a: best layer"]
+    assert "(n=1)" in cells["model-b random init: best layer"]
+    again = CliRunner().invoke(evaluate, args)
+    assert again.exit_code == 1 and "already holds a report" in again.stderr

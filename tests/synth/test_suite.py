@@ -14,12 +14,12 @@ pytest.importorskip("pretty_midi")
 pytest.importorskip("tinysoundfont")
 soundfile = pytest.importorskip("soundfile")
 
-from mertkit.synth.suite import TASKS, SuiteError, build_suite, build_task, split_counts  # noqa: E402
+from mertkit.synth.suite import TASKS, SuiteError, build_suite, build_task, default_clips, split_counts  # noqa: E402
 from mertkit.pretrain.teachers.cqt import CQT, CQTConfig  # noqa: E402
 
 torch.set_num_threads(2)
 CLIPS = 8
-CLIP_SECONDS = {"pitch": 1.5, "instrument": 3.0, "key": 6.0, "tempo": 8.0}
+CLIP_SECONDS = {"pitch": 1.5, "instrument": 3.0, "key": 6.0, "tempo": 8.0, "pitch_class": 1.5}
 # Krumhansl-Kessler key profiles (probe-tone ratings), an independent key finder.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
@@ -73,9 +73,8 @@ def test_manifest_is_complete_with_valid_labels_and_splits(suites: dict[str, Pat
             assert row["label"] in info["labels"]
         else:
             assert 70.0 <= float(row["label"]) <= 180.0
-    expected_kind = {"pitch": "multiclass", "instrument": "multiclass", "key": "multiclass", "tempo": "beat"}[task]
-    assert info["kind"] == expected_kind
-    assert len(info["labels"]) == {"pitch": 88, "instrument": 15, "key": 24, "tempo": 0}[task]
+    assert info["kind"] == ("beat" if task == "tempo" else "multiclass")
+    assert len(info["labels"]) == {"pitch": 61, "instrument": 15, "key": 24, "tempo": 0, "pitch_class": 12}[task]
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(suites: dict[str, Path]) -> None:
@@ -102,15 +101,22 @@ def test_beat_files_follow_the_tempo_and_the_audio(suites: dict[str, Path]) -> N
         assert np.mean(louder) > 0.9
 
 
-def test_pitch_labels_match_the_audio_pitch_class(suites: dict[str, Path], chroma_cqt: CQT) -> None:
-    folder = suites["a"] / "pitch"
+@pytest.mark.parametrize("task", ["pitch", "pitch_class"])
+def test_pitch_labels_match_the_audio_pitch_class(suites: dict[str, Path], chroma_cqt: CQT, task: str) -> None:
+    folder = suites["a"] / task
+    names = json.loads((folder / "task.json").read_text())["labels"]
     hits = []
     for row in _rows(folder):
         audio, _ = soundfile.read(folder / row["path"], dtype="float32")
-        if int(row["label"]) < 36:  # below the chroma CQT's C2
-            continue
-        hits.append(int(np.argmax(_chroma(chroma_cqt, audio))) == int(row["label"]) % 12)
-    assert len(hits) >= 4 and np.mean(hits) >= 0.75
+        chroma = int(row["label"]) % 12 if task == "pitch" else names.index(row["label"])
+        hits.append(int(np.argmax(_chroma(chroma_cqt, audio))) == chroma)
+    assert len(hits) == CLIPS and np.mean(hits) >= 0.75
+
+
+def test_default_sizes_give_pitch_enough_clips_per_class() -> None:
+    # 61 pitch classes x 12 clips: 8 train, 2 valid, 2 test per class once stratified
+    assert default_clips("pitch") == 732 and default_clips("pitch_class") == default_clips("key") == 360
+    assert split_counts(732) == {"train": 512, "valid": 110, "test": 110}
 
 
 def test_key_labels_agree_with_a_krumhansl_key_finder(tmp_path: Path, chroma_cqt: CQT) -> None:
@@ -166,9 +172,11 @@ def test_cli_builds_a_suite(tmp_path: Path) -> None:
 
     from mertkit.cli.bench_suite import bench_suite
 
-    result = CliRunner().invoke(bench_suite, ["synth", "-o", str(tmp_path / "out"), "--clips", "3", "--task", "tempo", "--seed", "4"])
+    result = CliRunner().invoke(bench_suite, ["synth", "-o", str(tmp_path / "out"), "--clips", "3", "--task", "tempo", "--seed", "4", "-q"])
     assert result.exit_code == 0, result.output
     assert len(_rows(tmp_path / "out" / "tempo")) == 3
     assert not (tmp_path / "out" / "pitch").exists()
     again = CliRunner().invoke(bench_suite, ["synth", "--out", str(tmp_path / "out"), "--clips", "3", "--task", "tempo"])
     assert again.exit_code != 0 and "not empty" in again.output
+    both = CliRunner().invoke(bench_suite, ["synth", str(tmp_path / "a"), "-o", str(tmp_path / "b")])
+    assert both.exit_code == 2 and "give the output folder once" in both.output

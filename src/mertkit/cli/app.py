@@ -27,6 +27,7 @@ COMMANDS = {
     "search": ("mertkit.cli.search:search", "Nearest tracks in a feature store for a query audio file."),
     "serve": ("mertkit.cli.serve:serve", "A local web page over a feature store: neighbours, map, probe."),
     "models": ("mertkit.cli.models:models", "List the known models with their input contracts."),
+    "manifest": ("mertkit.cli.manifest:manifest", "Write a probing manifest from a dataset folder (GTZAN, MTT, ...)."),
 }
 
 

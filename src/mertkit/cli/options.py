@@ -129,7 +129,11 @@ def _remember(ctx: click.Context, param: click.Parameter, value: bool | int) -> 
 
 
 def configure_logging(quiet: bool = False, verbose: int = 0) -> None:
-    """`mertkit.*` log records to stderr: WARNING with quiet, DEBUG with verbose, else INFO."""
+    """`mertkit.*` log records to stderr: WARNING with quiet, DEBUG with verbose, else INFO;
+    quiet also silences every mertkit.progress bar."""
+    from mertkit.progress import set_quiet
+
+    set_quiet(quiet)
     logger = logging.getLogger("mertkit")
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     if not any(isinstance(handler, _ClickHandler) for handler in logger.handlers):

@@ -1,4 +1,4 @@
-"""`mert probe`: train MARBLE-style probes on cached features and write JSON, Markdown and a PNG."""
+"""`mert probe`: train MARBLE-style probes on cached features and write JSON, Markdown and plots."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mertkit.cli.options import LearningRates, PositiveInt, Seeds, examples, out_option, verbosity
+from mertkit.cli.options import LearningRates, PositiveInt, Seeds, examples, out_option, quiet, verbosity
 
 
 def _parse_layer(value: str) -> int | str:
@@ -19,36 +19,57 @@ def _parse_layer(value: str) -> int | str:
 
 
 def _load_task(value: str):  # type: ignore[no-untyped-def]
+    """A built-in name, a task JSON file (also `mert bench-suite`'s task.json), a suite task
+    folder holding task.json, or inline JSON."""
     from mertkit.eval.datasets import BUILTIN_TASKS, DatasetError, TaskSpec
 
     if value in BUILTIN_TASKS:
         return BUILTIN_TASKS[value]
     path = Path(value)
+    if path.is_dir():
+        path = path / "task.json"
+        if not path.is_file():
+            raise click.BadParameter(f"{value}: a folder without task.json (expected a `mert bench-suite` task folder)",
+                                     param_hint="--task")
     text = path.read_text() if path.is_file() else value
     if not text.lstrip().startswith("{"):
         raise click.BadParameter(
-            f"--task: {value!r} is neither a task JSON file, inline JSON, nor one of {sorted(BUILTIN_TASKS)}"
-        )
+            f"{value!r} is neither a task JSON file, a suite task folder, inline JSON, nor one of {sorted(BUILTIN_TASKS)}",
+            param_hint="--task")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise click.BadParameter(f"--task: not valid JSON ({error.msg})") from error
+        raise click.BadParameter(f"{value}: not valid JSON ({error.msg})", param_hint="--task") from error
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value}: expected a JSON object", param_hint="--task")
     try:
         return TaskSpec.from_dict(data)
     except DatasetError as error:
-        raise click.BadParameter(f"--task: {error}") from error
+        raise click.BadParameter(f"{value}: {error}", param_hint="--task") from error
+
+
+def _default_manifest(task_value: str) -> Path:
+    """The manifest beside a suite task's task.json (a task folder or its task.json)."""
+    path = Path(task_value)
+    folder = path if path.is_dir() else path.parent
+    manifest = folder / "manifest.csv"
+    if not (path.exists() and manifest.is_file()):
+        raise click.UsageError("--manifest is required unless --task is a `mert bench-suite` task folder or its task.json")
+    return manifest
 
 
 @click.command("probe", epilog=examples(
     "mert probe --features feats/ --manifest gtzan.csv --task gtzan --layers all -o results/",
     "mert probe --features feats/ --manifest m.csv --task task.json --probe linear --lrs 1e-3,1e-2 -o results/",
+    "mert probe --features feats/key --task suite/key --layers all -o results/key   # a bench-suite task folder",
 ))
 @click.option("--features", "features_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of <path>.safetensors files written by `mert extract`.")
-@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV or JSONL manifest: path, split, label/labels/targets/beats.")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV or JSONL manifest: path, split, label/labels/targets/beats "
+                   "[default: manifest.csv beside a bench-suite task's task.json].")
 @click.option("--task", "task_value", required=True,
-              help="Task JSON file, inline JSON ({\"name\", \"kind\", \"labels\", ...}) or a built-in name.")
+              help="Built-in name, task JSON file, `mert bench-suite` task folder (or its task.json), or inline JSON.")
 @click.option("--layers", "layer", default="weighted", show_default=True,
               help="Hidden states the probe reads: an index k, all (a sweep: one probe per layer), weighted or conv1d.")
 @click.option("--layer", "layer_alias", default=None, hidden=True)  # the old spelling, deprecated
@@ -61,22 +82,28 @@ def _load_task(value: str):  # type: ignore[no-untyped-def]
 @click.option("--batch-size", type=click.IntRange(0, 1_000_000), default=64, show_default=True,
               help="Mini-batch size; 0 for full batch.")
 @click.option("--model-name", default="", help="Label for the table and plot (default: from the features).")
-@out_option("Folder for results.json, results.md, layers.png and probe.safetensors (the best probe).", path_type=Path)
+@out_option("Folder for results.json, results.md, layers.png, the confusion matrices and probe.safetensors "
+            "(the best probe).", path_type=Path)
+@click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
 @verbosity
-def probe(features_dir: Path, manifest: Path, task_value: str, layer: str, layer_alias: str | None, probe_kind: str,
-          seeds: tuple[int, ...], lrs: tuple[float, ...], epochs: int, patience: int, batch_size: int, model_name: str,
-          out: Path) -> None:
+def probe(features_dir: Path, manifest: Path | None, task_value: str, layer: str, layer_alias: str | None,
+          probe_kind: str, seeds: tuple[int, ...], lrs: tuple[float, ...], epochs: int, patience: int, batch_size: int,
+          model_name: str, out: Path, overwrite: bool) -> None:
     """Train probes on cached features and report test scores."""
     from mertkit.eval.datasets import DatasetError, read_manifest
     from mertkit.eval.features import from_safetensors_dir
-    from mertkit.eval.probes import ProbeConfig, ProbeError, run_probe
-    from mertkit.eval.report import write_report
+    from mertkit.eval.probes import ProbeConfig, ProbeError, count_fits, run_probe
+    from mertkit.eval.report import format_score, write_report
     from mertkit.eval.saved_probe import FILE_NAME, save_probe
+    from mertkit.progress import Progress
 
     if layer_alias is not None:
         click.echo("--layer is deprecated: use --layers", err=True)
         layer = layer_alias
+    if (out / "results.json").exists() and not overwrite:
+        raise click.ClickException(f"{out}: already holds a report; choose another --out or pass --overwrite")
     task = _load_task(task_value)
+    manifest = manifest or _default_manifest(task_value)
     try:
         cfg = ProbeConfig(
             kind=probe_kind, layer=_parse_layer(layer), lrs=lrs, seeds=seeds, max_epochs=epochs, patience=patience,
@@ -84,12 +111,14 @@ def probe(features_dir: Path, manifest: Path, task_value: str, layer: str, layer
         )
         records = read_manifest(manifest, task, check_files=False)  # audio is not needed, only features
         data = from_safetensors_dir(features_dir, records, task)
-        result = run_probe(task, data, cfg)
+        with Progress(count_fits(cfg, data.num_layers), f"probe {task.name}", unit="fit", enabled=not quiet()) as bar:
+            result = run_probe(task, data, cfg, bar)
     except (DatasetError, ProbeError) as error:
         raise click.ClickException(str(error)) from error
     model = model_name or str(data.meta.get("model") or features_dir.name)
-    paths = write_report([result], out, model)
+    paths = write_report([result], out, model, labels={task.name: task.labels} if task.labels else None)
     paths["probe"] = save_probe(result, task, data, cfg, out / FILE_NAME)  # what `mert serve --probe` loads
-    click.echo(f"{task.name}: {task.metric} = {100 * result.score:.1f} ± {100 * result.test_std[task.metric]:.1f} (×100)")
+    layer_text = f" (layer {result.best_layer} chosen on valid)" if result.best_layer is not None else ""
+    click.echo(f"{task.name}: {task.metric} ×100 = {format_score(result)}{layer_text}")
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")

@@ -4,6 +4,9 @@ Generic manifest (CSV with a header row, or JSONL with one object per line). Col
 
 * ``path``   audio file, relative to the manifest's folder (or absolute). It is also the key
   that matches a row to its cached feature file ``<features>/<path>.safetensors``.
+* ``audio``  (optional) the audio file when it is not ``path`` (relative to the manifest's
+  folder, or absolute); ``mert manifest`` writes it, keeping ``path`` as the dataset's own
+  relative name so that features extracted from the dataset's audio folder match.
 * ``split``  one of ``train``, ``valid``, ``test``.
 * ``label``  multiclass: one label name.
 * ``labels`` multilabel: label names, ``;``-separated in CSV, a list in JSONL (may be empty).
@@ -22,6 +25,7 @@ import csv
 import functools
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +50,10 @@ MetricNames = {
     "frame": ("frame_accuracy",),
     "beat": ("beat_f",),
 }
+
+
+# Fields that mark a task.json written by `mert bench-suite` (mertkit.synth.suite.TaskInfo).
+SUITE_TASK_FIELDS = frozenset({"name", "kind", "labels", "clip_seconds", "sample_rate", "seed", "num_clips"})
 
 
 class DatasetError(ValueError):
@@ -89,6 +97,11 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        """A task from its JSON form; ``mert bench-suite``'s task.json is read as well (its
+        description fields are ignored, its ``beat_f_measure`` metric read as ``beat_f``)."""
+        if SUITE_TASK_FIELDS <= set(data):
+            data = {key: value for key, value in data.items() if key in ("name", "kind", "labels", "metric")}
+            data["metric"] = {"beat_f_measure": "beat_f"}.get(data.get("metric", ""), data.get("metric", ""))
         known = {"name", "kind", "num_outputs", "metric", "labels"}
         unknown = set(data) - known
         if unknown or not {"name", "kind"} <= set(data):
@@ -133,10 +146,14 @@ def read_manifest(
     return records
 
 
-def write_manifest(records: Sequence[Record], out: str | Path, task: TaskSpec) -> Path:
-    """Write records as a manifest (``.csv`` or ``.jsonl`` by suffix), paths as given."""
+def write_manifest(records: Sequence[Record], out: str | Path, task: TaskSpec, *, audio_column: bool = False) -> Path:
+    """Write records as a manifest (``.csv`` or ``.jsonl`` by suffix), paths as given;
+    ``audio_column``: also each record's audio file, relative to the manifest's folder."""
     out = Path(out)
     rows = [_record_to_row(record, task) for record in records]
+    if audio_column:
+        for row, record in zip(rows, records):
+            row["audio"] = os.path.relpath(Path(record.audio_path).resolve(), out.resolve().parent)
     if out.suffix == ".jsonl":
         out.write_text("".join(json.dumps(row) + "\n" for row in rows))
         return out
@@ -237,7 +254,7 @@ def _row_to_record(row: dict[str, Any], where: str, root: Path, task: TaskSpec) 
         path=path,
         split=row["split"],
         label=_parse_label(row, where, task),
-        audio_path=_resolve(root, path),
+        audio_path=_resolve(root, str(row["audio"]) if row.get("audio") else path),
         start=_optional_float(row, "start", where),
         end=_optional_float(row, "end", where),
         beats_path=_resolve(root, str(beats)) if beats else None,
@@ -311,7 +328,7 @@ def _record_to_row(record: Record, task: TaskSpec) -> dict[str, Any]:
 
 
 def _column_order(name: str) -> int:
-    order = ["path", "split", "label", "labels", "targets", "start", "end", "beats"]
+    order = ["path", "split", "label", "labels", "targets", "start", "end", "beats", "audio"]
     return order.index(name) if name in order else len(order)
 
 

@@ -17,7 +17,7 @@ Conventions (all scores: higher is better):
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -201,3 +201,36 @@ def _as_2d_pair(a: np.ndarray, b: np.ndarray, name: str) -> tuple[np.ndarray, np
     if a.ndim != 2:
         raise MetricError(f"{name}: expected [N] or [N, K] arrays, got shape {a.shape}")
     return a, b
+
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_LEVEL = 0.95
+
+
+def bootstrap_ci(
+    score: Callable[[np.ndarray], float], n_items: int, *, resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = BOOTSTRAP_LEVEL, seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``score(indices)`` over ``n_items`` test items.
+
+    Each resample draws ``n_items`` indices with replacement (a seeded generator, so the
+    interval is reproducible) and calls ``score``; the interval is the (1 - level) / 2 and
+    (1 + level) / 2 quantiles. Resamples where the metric is undefined (e.g. R² on a resample
+    whose targets are all equal) are skipped; None when fewer than half are defined or there
+    are fewer than 2 items (no interval can be given).
+    """
+    if n_items < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        try:
+            values.append(score(rng.integers(0, n_items, n_items)))
+        except MetricError:
+            continue
+    values = [v for v in values if np.isfinite(v)]
+    if len(values) < resamples / 2:
+        return None
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return float(low), float(high)

@@ -20,6 +20,12 @@ beat when its probability is a local maximum (>= both neighbours) and above
 ``beat_threshold``; beat times are frame / frame_rate. MARBLE decodes with madmom's DBN
 instead, so beat scores here are not directly comparable to published MARBLE numbers.
 
+Uncertainty: besides the spread over seeds, every result carries a 95 % percentile bootstrap
+interval over the test items (1000 resamples of the test clips, each scored with the seeds'
+predictions and averaged over seeds; 200 for multilabel, whose macro ROC-AUC is costly), so a
+small test set shows as a wide interval. Multiclass results also keep the test confusion
+matrix (rows: true class, columns: predicted, counts summed over seeds).
+
 Runs are deterministic for a given seed on CPU: ``torch.manual_seed`` before each model is
 built, a seeded generator for shuffling, and ``torch.use_deterministic_algorithms(True)``
 while training (restored afterwards).
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -42,7 +48,8 @@ from mertkit.eval.datasets import TaskSpec
 from mertkit.eval.features import FeatureSplits, SplitData
 
 __all__ = [
-    "ProbeConfig", "ProbeResult", "SeedRun", "TaskSpec", "TrainedProbe", "FeatureSplits", "run_probe", "ProbeError",
+    "ProbeConfig", "ProbeResult", "SeedRun", "TaskSpec", "TrainedProbe", "FeatureSplits", "run_probe", "count_fits",
+    "pool_results", "ProbeError",
 ]
 
 LayerChoice = int | Literal["all", "weighted", "conv1d"]
@@ -124,6 +131,15 @@ class ProbeResult:
     per_layer: list[ProbeResult] = field(default_factory=list)
     # The best-validation seed of the best learning rate (for "all": of the best layer).
     trained: TrainedProbe | None = field(default=None, repr=False, compare=False)
+    # 95 % bootstrap interval of the primary metric over test items (None: fewer than 2 items
+    # or the metric is undefined on most resamples; ``ci_note`` says which).
+    test_ci: list[float] | None = None
+    ci_note: str = ""
+    n_test: int = 0
+    ci_resamples: int = 0
+    confusion: list[list[int]] | None = None  # multiclass: [true][predicted] test counts, summed over seeds
+    # The seeds' test predictions, to re-estimate the interval when results are pooled; not in to_dict.
+    _items: list[Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def score(self) -> float:
@@ -131,22 +147,34 @@ class ProbeResult:
         return self.test_mean[self.metric]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self, dict_factory=_without_weights)
+        data = asdict(replace(self, _items=None, per_layer=[]), dict_factory=_without_weights)
+        data["per_layer"] = [result.to_dict() for result in self.per_layer]
+        return data
 
 
 def _without_weights(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    """asdict's dict_factory: the JSON view leaves the trained weights out."""
-    return {key: value for key, value in items if key != "trained"}
+    """asdict's dict_factory: the JSON view leaves out the trained weights and the test predictions."""
+    return {key: value for key, value in items if key not in ("trained", "_items")}
 
 
-def run_probe(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> ProbeResult:
-    """Train and evaluate probes as configured (see the module docstring)."""
+def run_probe(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig, progress: Any = None) -> ProbeResult:
+    """Train and evaluate probes as configured (see the module docstring).
+
+    ``progress``: a :class:`mertkit.progress.Progress` counted once per trained probe (layer x
+    lr x seed; :func:`count_fits` gives the total)."""
     _check_inputs(task, data, cfg)
     if cfg.layer == "all":
-        per_layer = [_run_setting(task, data, replace(cfg, layer=k)) for k in range(data.num_layers)]
+        per_layer = [_run_setting(task, data, replace(cfg, layer=k), progress) for k in range(data.num_layers)]
         best = max(per_layer, key=lambda result: result.valid_mean)
+        # The confusion matrix is kept for the chosen layer only (one per layer would bloat the JSON).
+        per_layer = [replace(result, confusion=None) for result in per_layer]
         return replace(best, layer="all", best_layer=int(best.layer), per_layer=per_layer)
-    return _run_setting(task, data, cfg)
+    return _run_setting(task, data, cfg, progress)
+
+
+def count_fits(cfg: ProbeConfig, num_layers: int) -> int:
+    """Probes :func:`run_probe` trains for ``cfg`` on features with ``num_layers`` hidden states."""
+    return (num_layers if cfg.layer == "all" else 1) * len(cfg.lrs) * len(cfg.seeds)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -208,19 +236,21 @@ class _Prepared:
     source: SplitData
 
 
-def _run_setting(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> ProbeResult:
+def _run_setting(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig, progress: Any = None) -> ProbeResult:
     scaler = _TargetScaler.fit(task, data.train.y)
     splits = {name: _prepare(data.split(name), task, cfg, scaler) for name in ("train", "valid", "test")}
-    runs_by_lr = {lr: [_train_seed(task, data, splits, cfg, lr, seed, scaler) for seed in cfg.seeds] for lr in cfg.lrs}
+    fitted = {lr: [_train_seed(task, data, splits, cfg, lr, seed, scaler, progress) for seed in cfg.seeds] for lr in cfg.lrs}
+    runs_by_lr = {lr: [run for run, _ in pairs] for lr, pairs in fitted.items()}
     valid_by_lr = {lr: float(np.mean([run.valid_score for run in runs])) for lr, runs in runs_by_lr.items()}
     best_lr = max(cfg.lrs, key=lambda lr: valid_by_lr[lr])  # ties: the first lr in the grid
     runs = runs_by_lr[best_lr]
     trained = max(runs, key=lambda run: run.valid_score).trained  # ties: the first seed
     for run in (run for lr_runs in runs_by_lr.values() for run in lr_runs):
         run.trained = None  # keep one set of weights per setting, not one per run
+    items = [item for _, item in fitted[best_lr]]
     names = runs[0].test_scores.keys()
     weights = [run.layer_weights for run in runs if run.layer_weights is not None]
-    return ProbeResult(
+    return _with_uncertainty(task, items, ProbeResult(
         task=task.name,
         metric=task.metric,
         probe=cfg.kind,
@@ -233,7 +263,91 @@ def _run_setting(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> Probe
         valid_by_lr={repr(lr): score for lr, score in valid_by_lr.items()},
         layer_weights=np.mean(weights, axis=0).tolist() if weights else None,
         trained=trained,
+    ))
+
+
+def _with_uncertainty(task: TaskSpec, items: list[_TestItems], result: ProbeResult) -> ProbeResult:
+    """``result`` with its bootstrap interval over test items and (multiclass) confusion matrix."""
+    count = items[0].count
+    resamples = 200 if task.kind == "multilabel" else metrics.BOOTSTRAP_RESAMPLES
+    interval = metrics.bootstrap_ci(lambda index: float(np.mean([item.score(index) for item in items])), count,
+                                    resamples=resamples)
+    note = "" if interval is not None else (
+        "fewer than 2 test items" if count < 2 else "metric undefined on most bootstrap resamples")
+    confusion = None
+    if task.kind == "multiclass":
+        matrix = np.zeros((task.num_outputs, task.num_outputs), dtype=np.int64)
+        for item in items:
+            np.add.at(matrix, (item.truth, item.predicted), 1)
+        confusion = matrix.tolist()
+    return replace(result, test_ci=None if interval is None else list(interval), ci_note=note, n_test=count,
+                   ci_resamples=resamples, confusion=confusion, _items=items)
+
+
+def pool_results(results: list[ProbeResult]) -> ProbeResult:
+    """One result from independent repeats of a setting on different features (e.g. several
+    random initialisations of a network): the test mean over repeats, the std over repeats'
+    means, every seed run kept, the interval re-estimated from all repeats' test predictions,
+    confusion counts summed; a sweep is pooled layer by layer, its best layer the most frequent."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    names = first.test_mean.keys()
+    items = [item for result in results for item in (result._items or [])]
+    weights = [result.layer_weights for result in results if result.layer_weights is not None]
+    layers = [result.best_layer for result in results if result.best_layer is not None]
+    confusions = [np.array(result.confusion) for result in results if result.confusion is not None]
+    pooled = replace(
+        first,
+        valid_mean=float(np.mean([result.valid_mean for result in results])),
+        test_mean={n: float(np.mean([result.test_mean[n] for result in results])) for n in names},
+        test_std={n: float(np.std([result.test_mean[n] for result in results])) for n in names},
+        runs=[run for result in results for run in result.runs],
+        layer_weights=np.mean(weights, axis=0).tolist() if weights else None,
+        best_layer=max(set(layers), key=layers.count) if layers else None,
+        per_layer=[pool_results([result.per_layer[k] for result in results]) for k in range(len(first.per_layer))],
+        confusion=np.sum(confusions, axis=0).tolist() if confusions else None,
     )
+    if not items:
+        return pooled
+    interval = metrics.bootstrap_ci(lambda index: float(np.mean([item.score(index) for item in items])),
+                                    items[0].count, resamples=first.ci_resamples or metrics.BOOTSTRAP_RESAMPLES)
+    return replace(pooled, test_ci=None if interval is None else list(interval), _items=items,
+                   ci_note="" if interval is not None else first.ci_note or "metric undefined on most bootstrap resamples")
+
+
+@dataclass
+class _TestItems:
+    """What a trained probe predicted on the test split, to score any subset of the items."""
+
+    count: int
+    score: Callable[[np.ndarray], float]
+    truth: np.ndarray | None = None
+    predicted: np.ndarray | None = None
+
+
+@torch.no_grad()
+def _test_items(model: Probe, split: _Prepared, task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig,
+                scaler: _TargetScaler) -> _TestItems:
+    model.eval()
+    outputs = model(split.x)
+    truth = split.source.y
+    count = len(truth)
+    if task.kind == "multiclass":
+        predicted = outputs.argmax(-1).numpy()
+        correct = (predicted == truth).astype(np.float64)
+        return _TestItems(count, lambda index: float(correct[index].mean()), truth, predicted)
+    if task.kind == "frame":
+        predicted = outputs.argmax(-1).numpy()
+        return _TestItems(count, lambda index: metrics.frame_accuracy(truth[index], predicted[index]))
+    if task.kind == "multilabel":
+        scores = torch.sigmoid(outputs).numpy()
+        return _TestItems(count, lambda index: metrics.roc_auc_macro(truth[index], scores[index], ignore_degenerate=True))
+    if task.kind == "regression":
+        predicted = scaler.inverse(outputs.numpy())
+        return _TestItems(count, lambda index: metrics.r2_mean(truth[index], predicted[index]))
+    per_track = np.array(_beat_scores(torch.sigmoid(outputs.squeeze(-1)).numpy(), split.source, data, cfg))
+    return _TestItems(count, lambda index: float(per_track[index].mean()))
 
 
 def _train_seed(
@@ -244,7 +358,8 @@ def _train_seed(
     lr: float,
     seed: int,
     scaler: _TargetScaler,
-) -> SeedRun:
+    progress: Any = None,
+) -> tuple[SeedRun, _TestItems]:
     with _deterministic():
         torch.manual_seed(seed)
         model = _build_model(task, data, cfg)
@@ -260,13 +375,16 @@ def _train_seed(
                 break
         model.load_state_dict(best_state)
         test_scores = _evaluate(model, splits["test"], task, data, cfg, scaler)
+        items = _test_items(model, splits["test"], task, data, cfg, scaler)
     weights = model.aggregator.layer_weights() if model.aggregator is not None else None
     trained = TrainedProbe(
         best_state,
         None if scaler.mean is None else scaler.mean.tolist(),
         None if scaler.std is None else scaler.std.tolist(),
     )
-    return SeedRun(seed, lr, float(best_score), test_scores, epoch, weights, trained)
+    if progress is not None:
+        progress.update(1, task=task.name, layer=cfg.layer)
+    return SeedRun(seed, lr, float(best_score), test_scores, epoch, weights, trained), items
 
 
 def _build_model(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> Probe:
@@ -330,6 +448,11 @@ def _evaluate(
 
 
 def _beat_score(probabilities: np.ndarray, split: SplitData, data: FeatureSplits, cfg: ProbeConfig) -> float:
+    return float(np.mean(_beat_scores(probabilities, split, data, cfg)))
+
+
+def _beat_scores(probabilities: np.ndarray, split: SplitData, data: FeatureSplits, cfg: ProbeConfig) -> list[float]:
+    """Beat F-measure of each track (their mean is the split's score, mir_eval's convention)."""
     if data.frame_rate is None:
         raise ProbeError("beat tasks need FeatureSplits.frame_rate")
     references, estimates = [], []
@@ -340,7 +463,9 @@ def _beat_score(probabilities: np.ndarray, split: SplitData, data: FeatureSplits
             references.append(split.beat_times[row])
         else:
             references.append(np.flatnonzero(split.y[row][valid] == 1) / data.frame_rate)
-    return metrics.mean_beat_f_measure(references, estimates, cfg.beat_tolerance, cfg.beat_trim)
+    if not references:
+        raise metrics.MetricError("beat_f_measure: no tracks to score")
+    return [metrics.beat_f_measure(r, e, cfg.beat_tolerance, cfg.beat_trim) for r, e in zip(references, estimates)]
 
 
 def pick_peaks(activation: np.ndarray, threshold: float) -> np.ndarray:

@@ -1,5 +1,11 @@
 """``mert eval --suite synth`` as a library call: build the suite, extract and cache, probe, report.
 
+Several models can be evaluated in one run (one report, overlaid); each also gets a
+random-initialisation row: the same architecture (its config), PyTorch's default initial
+weights, ``random_init`` seeds, features extracted and probed like the model's; init seed i is
+probed with probe seed ``seeds[i % len(seeds)]`` so the row costs about one model's probes, and
+its score is the mean over init seeds (the spread shown is over init seeds).
+
 Steps, each cached so that a rerun redoes only what is missing:
 
 1. Suite. ``suite_dir/<task>/`` (clips, ``manifest.csv``, ``task.json``) is rendered by
@@ -19,13 +25,12 @@ Steps, each cached so that a rerun redoes only what is missing:
    setting asked for (default: the sweep ``"all"``, reported at its best-validation layer, and
    ``"weighted"``); for each baseline its single "layer". A majority-class (or train-mean)
    predictor is scored too, as the floor.
-5. Report: ``results.json`` (everything), ``results.md`` (a task x source summary, then the
-   per-layer detail tables of :mod:`mertkit.eval.report`) and ``layers.png`` (score per layer
-   per task, with the weighted probe, the baselines and the floor as horizontal lines).
+5. Report, in a new run folder ``out_dir/<YYYYmmdd-HHMMSS>/`` (an existing folder is never
+   overwritten unless ``overwrite``): see :mod:`mertkit.eval.suite_report`.
 
 Synthetic task folders -> probe tasks:
 
-* ``pitch``, ``instrument``, ``key``: multiclass, accuracy.
+* ``pitch``, ``pitch_class``, ``instrument``, ``key``: multiclass, accuracy.
 * ``tempo`` (from the ``tempo`` folder): the BPM as a one-target regression on pooled
   features, R².
 * ``beat`` (from the ``tempo`` folder): per-frame beat activation on unpooled features, beat
@@ -67,12 +72,13 @@ __all__ = [
 ]
 
 # Probe task -> the suite folder it reads.
-PROBE_TASKS: dict[str, str] = {"pitch": "pitch", "instrument": "instrument", "key": "key", "tempo": "tempo", "beat": "tempo"}
-DEFAULT_TASKS = ("pitch", "instrument", "key", "tempo", "beat")
+PROBE_TASKS: dict[str, str] = {"pitch": "pitch", "pitch_class": "pitch_class", "instrument": "instrument", "key": "key",
+                               "tempo": "tempo", "beat": "tempo"}
+DEFAULT_TASKS = ("pitch", "pitch_class", "instrument", "key", "tempo", "beat")
+DEFAULT_RANDOM_INIT = 3
 BEAT_NOT_RUN = "beat tracking not run (not among the tasks); tempo is scored as BPM regression only"
 BASELINE_TITLES = {"mfcc": "MFCC stats", "chroma": "chroma stats"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-PLOT_FLOOR = -100.0  # lowest score ×100 drawn (R² can be far below 0)
 Log = Callable[[str], None]
 
 
@@ -149,20 +155,23 @@ class SuiteTask:
 
 @dataclass
 class ProbeEntry:
-    """One probe result: ``source`` is "model" or a baseline name; ``setting`` the layer choice."""
+    """One probe result. ``source``: the row's name (a model's name, "<model> random init" or a
+    baseline name); ``kind``: "model", "random_init" or "baseline"; ``setting``: the layer choice."""
 
     task: str
     source: str
     setting: str
     result: ProbeResult
+    kind: str = "model"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "source": self.source, "setting": self.setting, **self.result.to_dict()}
+        return {"task": self.task, "source": self.source, "kind": self.kind, "setting": self.setting,
+                **self.result.to_dict()}
 
 
 @dataclass
 class SuiteRun:
-    """What :func:`run_suite` produced."""
+    """What :func:`run_suite` produced (``model``: the first model; ``models``: all of them)."""
 
     model: ModelInfo
     entries: list[ProbeEntry]
@@ -171,13 +180,14 @@ class SuiteRun:
     paths: dict[str, Path]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    models: list[ModelInfo] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
 def run_suite(
-    model_name_or_dir: str | Path | None,
+    model_name_or_dir: str | Path | None | Sequence[str | Path | None],
     suite_dir: str | Path,
     out_dir: str | Path,
     *,
@@ -190,16 +200,22 @@ def run_suite(
     max_epochs: int = 100,
     patience: int = 10,
     baselines: Sequence[str] = ("mfcc", "chroma"),
-    seed: int = 0,
+    seed: int | None = None,
     clips_per_task: int | None = None,
     window: float | None = 0.0,
     batch_size: int = 8,
     dtype: str = "float32",
     device: str = "cpu",
+    random_init: int = DEFAULT_RANDOM_INIT,
+    run_name: str | None = None,
+    overwrite: bool = False,
     progress: bool = True,
     log: Log | None = None,
 ) -> SuiteRun:
-    """Evaluate a model (None: the offline demo model) on the synthetic suite; see the module docstring."""
+    """Evaluate one or several models (None: the offline demo model) on the synthetic suite;
+    see the module docstring. ``seed`` None: the existing suite's seed, else 0."""
+    from mertkit.eval.suite_report import write_suite_report
+
     started = time.perf_counter()
     log = log or (lambda message: None)
     # Every setting is checked before anything slow runs.
@@ -207,22 +223,77 @@ def run_suite(
     options = _extract_options(window, batch_size, dtype)
     _check_baselines(baselines)
     wanted = _check_tasks(tasks)
+    if random_init < 0:
+        raise SuiteRunError(f"random_init must be 0 or more seeds, got {random_init}")
     out_dir = Path(out_dir)
-    model, info = load_model(model_name_or_dir, device)
-    _check_layer_indices(settings, info)
-    log(f"model: {info.name} ({info.origin})")
+    run_dir = _run_folder(out_dir, run_name, overwrite)
+    requested = list(model_name_or_dir) if isinstance(model_name_or_dir, (list, tuple)) else [model_name_or_dir]
+    loaded = [load_model(name, device) for name in requested]
+    for _, info in loaded:
+        _check_layer_indices(settings, info)
+        log(f"model: {info.name} ({info.origin})")
+    _check_distinct(loaded)
+    stages = 3
+    log(f"stage 1/{stages}: suite and features")
     folders = ensure_suite(suite_dir, sorted({PROBE_TASKS[name] for name in wanted}), seed, clips_per_task, log)
     suite_tasks = [task for task in load_suite_tasks(folders) if task.name in wanted]
-    feature_dirs = extract_model_features(model, info, suite_tasks, out_dir, options, progress, log)
-    del model  # the probes do not need it; free its memory
-    baseline_dirs = {name: write_baselines(suite_tasks, out_dir, name, log) for name in baselines}
-    entries = run_probes(suite_tasks, feature_dirs, baseline_dirs, settings, log)
+    sources: list[tuple[str, str, dict[str, Path], int]] = []  # (name, kind, feature dirs, probe seed or -1)
+    for model, info in loaded:
+        sources.append((info.name, "model", extract_model_features(model, info, suite_tasks, out_dir, options, progress, log), -1))
+        for init_seed in range(random_init):
+            twin, twin_info = random_init_model(model, info, init_seed)
+            dirs = extract_model_features(twin, twin_info, suite_tasks, out_dir, options, progress, log)
+            sources.append((f"{info.name} random init", "random_init", dirs, settings.seeds[init_seed % len(settings.seeds)]))
+        del model  # the probes do not need it; free its memory
+    loaded = [(None, info) for _, info in loaded]
+    log(f"stage 2/{stages}: baselines ({time.perf_counter() - started:.0f} s so far)")
+    baseline_dirs = {name: write_baselines(suite_tasks, out_dir, name, log, progress) for name in baselines}
+    log(f"stage 3/{stages}: probes ({time.perf_counter() - started:.0f} s so far)")
+    entries = run_probes(suite_tasks, sources, baseline_dirs, settings, log, progress, loaded[0][1].num_hidden_states)
     floors = {task.name: floor_score(task) for task in suite_tasks}
-    notes = _notes(info, suite_tasks, wanted, settings)
+    infos = [info for _, info in loaded]
+    notes = _notes(infos, suite_tasks, wanted, settings, random_init)
     seconds = time.perf_counter() - started
-    context = _report_context(info, suite_tasks, wanted, settings, baselines, window, seed, seconds, notes)
-    paths, table = write_suite_report(entries, floors, context, out_dir)
-    return SuiteRun(info, entries, floors, table, paths, seconds, notes)
+    context = _report_context(infos, suite_tasks, wanted, settings, baselines, window, seconds, notes, random_init)
+    paths, table = write_suite_report(entries, floors, context, run_dir)
+    return SuiteRun(infos[0], entries, floors, table, paths, seconds, notes, infos)
+
+
+def _run_folder(out_dir: Path, run_name: str | None, overwrite: bool) -> Path:
+    """``out_dir/<run_name or timestamp>``: refused when it holds a report, unless ``overwrite``."""
+    name = run_name or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in ("features", "suite", ".", ".."):
+        raise SuiteRunError(f"run name {name!r}: use letters, digits, '.', '_' or '-' (not 'features' or 'suite')")
+    folder = out_dir / name
+    if (folder / "results.json").exists() and not overwrite:
+        raise SuiteRunError(f"{folder}: already holds a report; choose another run name or pass --overwrite")
+    return folder
+
+
+def _check_distinct(loaded: Sequence[tuple[Any, ModelInfo]]) -> None:
+    names = [info.name for _, info in loaded]
+    if len(set(names)) != len(names):
+        raise SuiteRunError(f"models must have distinct names in one report, got {names}")
+
+
+def random_init_model(model: Any, info: ModelInfo, init_seed: int) -> tuple[Any, ModelInfo]:
+    """The same architecture (``model.config``) with PyTorch's default initial weights drawn
+    from ``torch.manual_seed(init_seed)``, on the model's device, and what the report says of it."""
+    import torch
+
+    from mertkit.models.hubert.model import MertModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        twin = MertModel(model.config)
+    twin.info = dataclasses.replace(model.info, name=f"{info.name}-random-init-{init_seed}")
+    device = next(model.parameters()).device
+    twin_info = dataclasses.replace(
+        info, name=f"{info.name} random init (seed {init_seed})", random_weights=True,
+        origin=f"random initialisation (seed {init_seed}) of {info.name}'s architecture",
+        fingerprint=hashlib.blake2b(f"{info.fingerprint}:random-init:{init_seed}".encode(), digest_size=16).hexdigest(),
+    )
+    return twin.to(device).eval(), twin_info
 
 
 def _probe_settings(
@@ -275,32 +346,38 @@ def _check_tasks(tasks: Sequence[str] | None) -> list[str]:
 
 
 def ensure_suite(
-    suite_dir: str | Path, folders: Sequence[str], seed: int, clips_per_task: int | None, log: Log
+    suite_dir: str | Path, folders: Sequence[str], seed: int | None, clips_per_task: int | None, log: Log
 ) -> dict[str, Path]:
-    """{suite task: folder}, rendering the tasks whose ``task.json`` is missing."""
+    """{suite task: folder}: a task folder already rendered there (e.g. by ``mert bench-suite``)
+    is used as it is; a missing one is rendered with the suite's seed (``seed``, else the seed
+    of the tasks already there, else 0)."""
     from mertkit.synth.render import RenderError
-    from mertkit.synth.suite import DEFAULT_CLIPS_PER_TASK, SuiteError, build_task
+    from mertkit.synth.suite import SuiteError, build_task, default_clips
 
     suite_dir = Path(suite_dir)
+    existing = {name: _read_task_json(suite_dir / name) for name in folders if (suite_dir / name / "task.json").is_file()}
+    seeds = {info.get("seed") for info in existing.values()}
+    if seed is None and len(seeds) > 1:
+        raise SuiteRunError(f"{suite_dir}: its tasks were rendered with different seeds {sorted(map(str, seeds))}")
+    suite_seed = seed if seed is not None else (seeds.pop() if seeds else 0)
     found = {}
     for name in folders:
         folder = suite_dir / name
-        if (folder / "task.json").is_file():
-            _check_existing_task(folder, seed, clips_per_task)
+        if name in existing:
+            _check_existing_task(folder, existing[name], suite_seed, clips_per_task)
         else:
-            clips = clips_per_task or DEFAULT_CLIPS_PER_TASK
-            log(f"rendering suite task {name!r}: {clips} clips, seed {seed} -> {folder}")
+            clips = clips_per_task or default_clips(name)
+            log(f"rendering suite task {name!r}: {clips} clips, seed {suite_seed} -> {folder}")
             # No task.json means an interrupted render (it is written last): start that folder over.
             try:
-                build_task(suite_dir, name, seed=seed, num_clips=clips, overwrite=True)
+                build_task(suite_dir, name, seed=suite_seed, num_clips=clips, overwrite=True)
             except (SuiteError, RenderError) as error:
                 raise SuiteRunError(f"{folder}: cannot render the suite task ({error})") from error
         found[name] = folder
     return found
 
 
-def _check_existing_task(folder: Path, seed: int, clips_per_task: int | None) -> None:
-    info = _read_task_json(folder)
+def _check_existing_task(folder: Path, info: dict[str, Any], seed: int, clips_per_task: int | None) -> None:
     if info.get("seed") != seed or (clips_per_task is not None and info.get("num_clips") != clips_per_task):
         raise SuiteRunError(
             f"{folder}: was built with seed {info.get('seed')} and {info.get('num_clips')} clips, this run asks for "
@@ -451,23 +528,33 @@ def extract_model_features(
 # ----------------------------------------------------------------------------- baselines
 
 
-def write_baselines(tasks: Sequence[SuiteTask], out_dir: Path, baseline: str, log: Log) -> dict[str, Path]:
+def write_baselines(tasks: Sequence[SuiteTask], out_dir: Path, baseline: str, log: Log,
+                    progress: bool | None = None) -> dict[str, Path]:
     """{clip task: folder of ``<path>.safetensors`` baseline features}, computing only what is missing."""
     from mertkit.eval.baselines import write_baseline_features
+    from mertkit.progress import Progress
 
     dirs: dict[str, Path] = {}
+    todo: dict[str, list[Record]] = {}
     for task in tasks:
         if task.frame_level:
             continue
-        cache = out_dir / "features" / f"baseline-{baseline}" / task.cache_name
-        dirs[task.name] = cache
-        todo = [record for record in task.records if not _baseline_cached(cache, record, baseline)]
-        if todo:
-            log(f"{baseline} features of {task.folder.name!r}: {len(todo)} clips -> {cache}")
-            try:
-                write_baseline_features(todo, cache, baseline)
-            except FeatureError as error:
-                raise SuiteRunError(f"{task.folder}: {baseline} baseline failed ({error})") from error
+        dirs[task.name] = out_dir / "features" / f"baseline-{baseline}" / task.cache_name
+        todo[task.name] = [record for record in task.records if not _baseline_cached(dirs[task.name], record, baseline)]
+    total = sum(len(records) for records in todo.values())
+    if not total:
+        return dirs
+    with Progress(total, f"{baseline} baseline", unit="clip", enabled=progress) as bar:
+        for task in tasks:
+            if not todo.get(task.name):
+                continue
+            log(f"{baseline} features of {task.folder.name!r}: {len(todo[task.name])} clips -> {dirs[task.name]}")
+            for record in todo[task.name]:
+                try:
+                    write_baseline_features([record], dirs[task.name], baseline)
+                except FeatureError as error:
+                    raise SuiteRunError(f"{task.folder}: {baseline} baseline failed ({error})") from error
+                bar.update(1)
     return dirs
 
 
@@ -487,18 +574,41 @@ def _baseline_cached(cache: Path, record: Record, baseline: str) -> bool:
 
 
 def run_probes(
-    tasks: Sequence[SuiteTask], feature_dirs: dict[str, Path], baseline_dirs: dict[str, dict[str, Path]],
-    settings: ProbeSettings, log: Log,
+    tasks: Sequence[SuiteTask], sources: Sequence[tuple[str, str, dict[str, Path], int]],
+    baseline_dirs: dict[str, dict[str, Path]], settings: ProbeSettings, log: Log, progress: bool | None = None,
+    num_hidden_states: int = 1,
 ) -> list[ProbeEntry]:
-    """Every (task, source, layer setting) probe, in table order."""
-    entries = []
+    """Every (task, source, layer setting) probe, in table order. ``sources``: (name, kind,
+    {task: feature folder}, probe seed or -1 for all seeds); random-init sources of one name are
+    pooled into one row (:func:`mertkit.eval.probes.pool_results`)."""
+    from mertkit.eval.probes import count_fits, pool_results
+    from mertkit.progress import Progress
+
+    total = 0
     for task in tasks:
-        data = _features(feature_dirs[task.name], task)
         for setting in settings.layers:
-            entries.append(_probe(task, data, "model", setting, settings, log))
-        for baseline, dirs in baseline_dirs.items():
-            if task.name in dirs:
-                entries.append(_probe(task, _features(dirs[task.name], task), baseline, 0, settings, log))
+            for _, _, _, seed in sources:
+                fits = count_fits(settings.config(setting, frame_level=task.frame_level), num_hidden_states)
+                total += fits if seed < 0 else fits // len(settings.seeds)
+        total += sum(len(settings.lrs) * len(settings.seeds) for dirs in baseline_dirs.values() if task.name in dirs)
+    entries = []
+    with Progress(total, "probes", unit="fit", enabled=progress) as bar:
+        for task in tasks:
+            for setting in settings.layers:
+                pooled: dict[str, list[ProbeResult]] = {}
+                for name, kind, dirs, seed in sources:
+                    chosen = settings if seed < 0 else dataclasses.replace(settings, seeds=(seed,))
+                    entry = _probe(task, _features(dirs[task.name], task), name, kind, setting, chosen, log, bar)
+                    if kind == "random_init":
+                        pooled.setdefault(name, []).append(entry.result)
+                    else:
+                        entries.append(entry)
+                for name, results in pooled.items():
+                    entries.append(ProbeEntry(task.name, name, str(setting), pool_results(results), "random_init"))
+            for baseline, dirs in baseline_dirs.items():
+                if task.name in dirs:
+                    data = _features(dirs[task.name], task)
+                    entries.append(_probe(task, data, baseline, "baseline", 0, settings, log, bar))
     return entries
 
 
@@ -509,10 +619,11 @@ def _features(folder: Path, task: SuiteTask) -> FeatureSplits:
         raise SuiteRunError(f"task {task.name!r}: {error}") from error
 
 
-def _probe(task: SuiteTask, data: FeatureSplits, source: str, layer: int | str, settings: ProbeSettings, log: Log) -> ProbeEntry:
+def _probe(task: SuiteTask, data: FeatureSplits, source: str, kind: str, layer: int | str, settings: ProbeSettings,
+           log: Log, bar: Any = None) -> ProbeEntry:
     started = time.perf_counter()
     try:
-        result = run_probe(task.spec, data, settings.config(layer, frame_level=task.frame_level))
+        result = run_probe(task.spec, data, settings.config(layer, frame_level=task.frame_level), bar)
     except ProbeError as error:
         raise SuiteRunError(f"task {task.name!r}, {source} layer {layer!r}: {error}") from error
     except MetricError as error:
@@ -520,10 +631,10 @@ def _probe(task: SuiteTask, data: FeatureSplits, source: str, layer: int | str, 
         raise SuiteRunError(
             f"task {task.name!r} ({task.folder}): cannot score a split of {sizes} ({error}); build the suite with more clips"
         ) from error
-    setting = "stats" if source != "model" else str(layer)
+    setting = "stats" if kind == "baseline" else str(layer)
     log(f"probe {task.name} / {source} / {setting}: {task.spec.metric} = {100 * result.score:.1f} "
         f"({time.perf_counter() - started:.0f} s)")
-    return ProbeEntry(task.name, source, setting, result)
+    return ProbeEntry(task.name, source, setting, result, kind)
 
 
 def floor_score(task: SuiteTask) -> float:
@@ -545,12 +656,18 @@ def floor_score(task: SuiteTask) -> float:
 # ----------------------------------------------------------------------------- report
 
 
-def _notes(info: ModelInfo, tasks: Sequence[SuiteTask], wanted: Sequence[str], settings: ProbeSettings) -> list[str]:
+def _notes(infos: Sequence[ModelInfo], tasks: Sequence[SuiteTask], wanted: Sequence[str], settings: ProbeSettings,
+           random_init: int) -> list[str]:
     notes = []
     if "tempo" in wanted and "beat" not in wanted:
         notes.append(BEAT_NOT_RUN)
-    if info.random_weights:
-        notes.append("The model has RANDOM weights: every model number is a floor for an untrained network, not a result.")
+    for info in infos:
+        if info.random_weights:
+            notes.append(f"{info.name} has RANDOM weights: its numbers are a floor for an untrained network, not a result.")
+    if random_init:
+        seeds = [settings.seeds[i % len(settings.seeds)] for i in range(random_init)]
+        notes.append(f"random init: each model's architecture with PyTorch's default initial weights, init seeds "
+                     f"0..{random_init - 1} probed with probe seeds {seeds}; mean over init seeds (± their spread).")
     if any(task.name == "beat" for task in tasks):
         beat = settings.config(0, frame_level=True)
         notes.append(f"beat: per-frame beat activation, {beat.kind} probe (at most {beat.max_epochs} epochs, patience "
@@ -562,14 +679,19 @@ def _notes(info: ModelInfo, tasks: Sequence[SuiteTask], wanted: Sequence[str], s
 
 
 def _report_context(
-    info: ModelInfo, tasks: Sequence[SuiteTask], wanted: Sequence[str], settings: ProbeSettings, baselines: Sequence[str],
-    window: float | None, seed: int, seconds: float, notes: list[str],
+    infos: Sequence[ModelInfo], tasks: Sequence[SuiteTask], wanted: Sequence[str], settings: ProbeSettings,
+    baselines: Sequence[str], window: float | None, seconds: float, notes: list[str], random_init: int,
 ) -> dict[str, Any]:
     sizes = {task.name: {s: sum(r.split == s for r in task.records) for s in ("train", "valid", "test")} for task in tasks}
+    labels = {task.name: list(task.spec.labels) for task in tasks if task.spec.kind == "multiclass"}
+    seeds = {_read_task_json(task.folder).get("seed") for task in tasks}
     return {
-        "model": dataclasses.asdict(info),
-        "suite": {"name": "synth", "seed": seed, "dirs": {t.name: str(t.folder) for t in tasks}, "split_sizes": sizes},
+        "model": dataclasses.asdict(infos[0]),
+        "models": [dataclasses.asdict(info) for info in infos],
+        "suite": {"name": "synth", "seed": seeds.pop() if len(seeds) == 1 else sorted(map(str, seeds)),
+                  "dirs": {t.name: str(t.folder) for t in tasks}, "split_sizes": sizes, "labels": labels},
         "probe": {**dataclasses.asdict(settings), "layers": [str(layer) for layer in settings.layers]},
+        "random_init_seeds": list(range(random_init)),
         "baselines": list(baselines),
         "extraction": {"pooling": "mean (beat: none)", "window_s": window, "layers": "all hidden states"},
         "wall_seconds": round(seconds, 1),
@@ -577,128 +699,3 @@ def _report_context(
         # Rows the table shows as not run, with their metric.
         "not_run": {"beat": "beat_f"} if "tempo" in wanted and "beat" not in wanted else {},
     }
-
-
-def write_suite_report(
-    entries: Sequence[ProbeEntry], floors: dict[str, float], context: dict[str, Any], out_dir: Path
-) -> tuple[dict[str, Path], str]:
-    """``results.json``, ``results.md`` and ``layers.png`` in ``out_dir``; returns (paths, summary table)."""
-    from mertkit.eval.report import markdown_table
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {**context, "floors": floors, "results": [entry.to_dict() for entry in entries]}
-    json_path = out_dir / "results.json"
-    json_path.write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=True))
-    table = summary_table(entries, floors, context)
-    details = [f"### {source}\n\n" + markdown_table([e.result for e in entries if e.source == source], label)
-               for source, label in _sources(entries, context["model"]["name"])]
-    md_path = out_dir / "results.md"
-    md_path.write_text(table + "\n## Detail (every layer)\n\n" + "\n".join(details))
-    png_path = plot_suite(entries, floors, context, out_dir / "layers.png")
-    return {"json": json_path, "markdown": md_path, "plot": png_path}, table
-
-
-def _sources(entries: Sequence[ProbeEntry], model_name: str) -> list[tuple[str, str]]:
-    sources = list(dict.fromkeys(entry.source for entry in entries))
-    return [(source, model_name if source == "model" else BASELINE_TITLES[source]) for source in sources]
-
-
-def summary_table(entries: Sequence[ProbeEntry], floors: dict[str, float], context: dict[str, Any]) -> str:
-    """Markdown: the run's header lines, then one row per task, one column per source/setting."""
-    model = context["model"]
-    probe = context["probe"]
-    columns = list(dict.fromkeys((e.source, e.setting) for e in entries))
-    lines = [
-        f"# mert eval --suite synth: {model['name']}",
-        "",
-        f"- model: **{model['name']}**, {model['origin']} (fingerprint {model['fingerprint'][:12]})",
-        f"- suite: synth, seed {context['suite']['seed']}, splits (train/valid/test) "
-        + ", ".join(f"{t} {s['train']}/{s['valid']}/{s['test']}" for t, s in context["suite"]["split_sizes"].items()),
-        f"- probe: {probe['kind']}, lrs {list(probe['lrs'])}, seeds {list(probe['seeds'])}, "
-        f"up to {probe['max_epochs']} epochs (patience {probe['patience']}); test score ×100, mean ± std over seeds",
-        f"- wall time: {context['wall_seconds']:.0f} s",
-        *[f"- note: {note}" for note in context["notes"]],
-        "",
-        "| task | metric | " + " | ".join(_column_title(c, model["name"]) for c in columns) + " | floor |",
-        "| --- | --- | " + " | ".join("---" for _ in columns) + " | --- |",
-    ]
-    for task in dict.fromkeys(e.task for e in entries):
-        by_column = {(e.source, e.setting): e.result for e in entries if e.task == task}
-        metric = next(e.result.metric for e in entries if e.task == task)
-        cells = [_cell(by_column.get(column)) for column in columns]
-        floor = floors.get(task, float("nan"))
-        lines.append(f"| {task} | {metric} | " + " | ".join(cells) + f" | {'-' if np.isnan(floor) else f'{100 * floor:.1f}'} |")
-    for task, metric in context.get("not_run", {}).items():
-        lines.append(f"| {task} | {metric} | " + " | ".join("not run (see note)" for _ in columns) + " | - |")
-    return "\n".join(lines) + "\n"
-
-
-def _column_title(column: tuple[str, str], model_name: str) -> str:
-    source, setting = column
-    if source != "model":
-        return BASELINE_TITLES[source]
-    if setting == "all":
-        return f"{model_name}: best layer"
-    return f"{model_name}: {setting}" if not setting.isdigit() else f"{model_name}: layer {setting}"
-
-
-def _cell(result: ProbeResult | None) -> str:
-    if result is None:
-        return "n/a"
-    text = f"{100 * result.score:.1f} ± {100 * result.test_std[result.metric]:.1f}"
-    if result.best_layer is not None:
-        return f"{text} (L{result.best_layer})"
-    if result.layer_weights is not None and len(result.layer_weights) > 1:
-        return f"{text} (top L{int(np.argmax(result.layer_weights))})"
-    return text
-
-
-def plot_suite(entries: Sequence[ProbeEntry], floors: dict[str, float], context: dict[str, Any], path: Path) -> Path:
-    """One panel per task: the model's per-layer test score (± std band) and, as horizontal
-    lines, its other layer settings, the baselines and the floor."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'mertkit[eval]'") from error
-    tasks = list(dict.fromkeys(e.task for e in entries))
-    figure, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
-    for axis, task in zip(axes[0], tasks):
-        _plot_task(axis, [e for e in entries if e.task == task], floors.get(task, float("nan")))
-    title = context["model"]["name"] + (" (RANDOM weights: a floor, not a result)" if context["model"]["random_weights"] else "")
-    figure.suptitle(f"probe test score per layer: {title}", fontsize="medium")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def _plot_task(axis: Any, entries: Sequence[ProbeEntry], floor: float) -> None:
-    styles = iter(["--", ":", "-.", (0, (5, 1)), (0, (1, 3))])
-    for entry in entries:
-        result = entry.result
-        if result.per_layer:
-            layers = [int(r.layer) for r in result.per_layer]
-            means = np.array([100 * r.score for r in result.per_layer])
-            stds = np.array([100 * r.test_std[r.metric] for r in result.per_layer])
-            axis.plot(layers, np.maximum(means, PLOT_FLOOR), marker="o", label="model, per layer")
-            axis.fill_between(layers, np.maximum(means - stds, PLOT_FLOOR), np.maximum(means + stds, PLOT_FLOOR), alpha=0.2)
-            axis.set_xticks(layers)
-        else:
-            label = f"model, {entry.setting}" if entry.source == "model" else BASELINE_TITLES[entry.source]
-            _hline(axis, 100 * result.score, label, linestyle=next(styles), color=f"C{len(axis.lines) % 10}")
-    if not np.isnan(floor):
-        _hline(axis, 100 * floor, "floor (no audio)", color="grey", linewidth=0.8)
-    axis.set_title(f"{entries[0].task} ({entries[0].result.metric})", fontsize="medium")
-    axis.set_xlabel("hidden state")
-    axis.set_ylabel("test ×100")
-    axis.legend(fontsize="x-small")
-
-
-def _hline(axis: Any, value: float, label: str, **style: Any) -> None:
-    # A very negative R² would squash every other line: draw it at the edge and print its value.
-    if value < PLOT_FLOOR:
-        label, value = f"{label} ({value:.0f}, off scale)", PLOT_FLOOR
-    axis.axhline(value, label=label, **style)

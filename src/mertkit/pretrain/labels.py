@@ -312,12 +312,14 @@ def write_labels(
     _check_same_teacher(previous, identity, out_dir)
     _rewrite_manifest(out_dir, previous)
 
+    from mertkit.progress import Progress
+
     summary = WriteSummary()
     records: dict[str, LabelRecord] = {}
     found = discover_audio([in_dir], exclude=out_dir)
     # Reported like the manifest's records: relative to the input folder.
     summary.failed.extend((Path(os.path.relpath(path, in_dir)).as_posix(), reason) for path, reason in found.rejected)
-    with open(manifest, "a") as log:
+    with open(manifest, "a") as log, Progress(len(found.files), "labels", unit="file") as bar:
         for relative in (f.relative for f in found.files):
             record, outcome = _process_file(in_dir, out_dir, relative, previous.get(relative), teacher, identity,
                                             max_duration)
@@ -327,6 +329,7 @@ def write_labels(
                 log.flush()
                 os.fsync(log.fileno())
             _count(summary, record, outcome)
+            bar.update(1)
             if progress is not None:
                 progress(relative, outcome)
     _rewrite_manifest(out_dir, records)

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from mertkit.fileio import atomic_write
+from mertkit.progress import Progress
 from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.diagnostics import save_snapshot
 from mertkit.pretrain.data import Batch, PretrainDataset, clip_seed, iterate_batches
@@ -117,6 +118,9 @@ def train(
     batches = iterate_batches(dataset, position.epoch, position.batch, env.rank, env.world_size, cfg.num_workers)
     logger = RunLogger(out, cfg, keep_until=position.update) if env.is_main else None
     last = stop_after if stop_after is not None else cfg.total_updates
+    # loss, steps/s and ETA on stderr, rank 0 only (silenced by --quiet / set_quiet)
+    bar = Progress(min(last, cfg.total_updates), "pretrain", unit="step", initial=position.update,
+                   enabled=None if env.is_main else False)
 
     # ---- updates -------------------------------------------------------------------------
     snapshots = cfg.snapshot_updates() if env.is_main else set()
@@ -135,12 +139,14 @@ def train(
         position.update += 1
         model.after_update(position.update)
         stats.update(update=position.update, epoch=position.epoch, lr=lr, seconds=time.perf_counter() - started)
+        bar.update(1, loss=stats["loss"])
         if logger is not None:
             logger.record(stats)
         if position.update % cfg.ckpt_interval == 0 or position.update == cfg.total_updates:
             save_checkpoint(out, model, optimizer, scaler, position, cfg, env)
         if position.update in snapshots:
             save_snapshot(out, model, cfg, position.update)
+    bar.close()
     if logger is not None:
         logger.close()
     return out

@@ -14,10 +14,14 @@ Layout (paths in manifests are relative to the task folder)::
 
 Tasks:
 
-* ``pitch`` (multiclass, 88 labels "21".."108" = MIDI note): one note held 1 s in a 1.5 s
-  clip, random pitched GM program (families 0-13: the percussive and sound-effect families
-  are left out) and velocity. A draw is rejected and redrawn when the SoundFont renders that
-  program/pitch silently or with its lowest strong partial off the note's harmonic series.
+* ``pitch`` (multiclass, 61 labels "36".."96" = MIDI note, C2..C7): one note held 1 s in a
+  1.5 s clip, random pitched GM program (families 0-13: the percussive and sound-effect
+  families are left out) and velocity. A draw is rejected and redrawn when the SoundFont
+  renders that program/pitch silently or with its lowest strong partial off the note's
+  harmonic series. 61 classes need more clips than the other tasks to be learnable: the
+  default is 12 per class (732 clips: 8 train, 2 valid, 2 test per class).
+* ``pitch_class`` (multiclass, 12 labels "C".."B"): the same kind of note at a random octave
+  in C2..C7, so the class is the chroma, not the height; 360 clips (30 per class).
 * ``instrument`` (multiclass, 15 GM families): a random melody in a range suited to the
   family, 3 s. The 16th GM family, sound effects (programs 120-127: fret noise, seashore,
   helicopter...), is excluded because it is not a musical instrument class.
@@ -60,19 +64,30 @@ from mertkit.synth.corpus import (
 )
 from mertkit.synth.render import peak_normalise, render_midi, render_notes, require_synth_deps
 
-__all__ = ["SuiteError", "TaskInfo", "TASKS", "GM_FAMILIES", "build_suite", "build_task", "lowest_strong_partial"]
+__all__ = ["SuiteError", "TaskInfo", "TASKS", "GM_FAMILIES", "PITCH_CLASSES", "build_suite", "build_task", "default_clips",
+           "lowest_strong_partial"]
 
-TASKS = ("pitch", "instrument", "key", "tempo")
+# Order matters: a task's audio is drawn from rng([seed, TASKS.index(task), clip]), so new
+# tasks are appended and older tasks keep their bytes.
+TASKS = ("pitch", "instrument", "key", "tempo", "pitch_class")
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 GM_FAMILIES = (
     "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass",
     "reed", "pipe", "synth_lead", "synth_pad", "synth_effects", "ethnic", "percussive",
 )  # GM family f holds programs 8f..8f+7; "sound_effects" (120-127) is excluded
 PITCH_PROGRAMS = tuple(range(0, 14 * 8))
-PITCH_RANGE = (21, 108)
+PITCH_RANGE = (36, 96)  # C2..C7: every pitched GM program family renders cleanly here
 TEMPO_RANGE = (70.0, 180.0)
 BEAT_TOLERANCE_S = 0.07
 SPLITS = (("train", 0.70), ("valid", 0.15), ("test", 0.15))
 DEFAULT_CLIPS_PER_TASK = 360
+# Tasks with many classes get more clips by default (a class needs a few training clips).
+DEFAULT_CLIPS: dict[str, int] = {"pitch": 12 * (PITCH_RANGE[1] - PITCH_RANGE[0] + 1)}
+
+
+def default_clips(task: str) -> int:
+    """Clips rendered for ``task`` when no count is given."""
+    return DEFAULT_CLIPS.get(task, DEFAULT_CLIPS_PER_TASK)
 _MAX_DRAWS = 50
 _SILENCE_RMS = 1e-3
 # Comfortable melody range (MIDI notes) per GM family index.
@@ -137,6 +152,14 @@ def _pitch_clip(rng: np.random.Generator, label: str, sample_rate: int, soundfon
         if _is_audible(held) and _on_harmonic_series(held, sample_rate, pitch):
             return _Clip(peak_normalise(audio), label)
     raise SuiteError(f"no program in {_MAX_DRAWS} draws renders MIDI note {pitch} cleanly with this SoundFont")
+
+
+def _pitch_class_clip(rng: np.random.Generator, label: str, sample_rate: int, soundfont: str | None) -> _Clip:
+    low, high = PITCH_RANGE
+    chroma = PITCH_CLASSES.index(label)
+    octaves = [p for p in range(low, high + 1) if p % 12 == chroma]
+    clip = _pitch_clip(rng, str(int(rng.choice(octaves))), sample_rate, soundfont)
+    return _Clip(clip.audio, label)
 
 
 def _melody(pretty_midi: Any, inst: Any, rng: np.random.Generator, low: int, high: int, seconds: float) -> None:
@@ -204,19 +227,24 @@ def _task_info(name: str, seed: int, num_clips: int, sample_rate: int) -> TaskIn
     if name == "pitch":
         labels = [str(p) for p in range(PITCH_RANGE[0], PITCH_RANGE[1] + 1)]
         return TaskInfo(name, "multiclass", labels, "accuracy", 1.5, **common, extra={"label_meaning": "MIDI note number"})
+    if name == "pitch_class":
+        return TaskInfo(name, "multiclass", list(PITCH_CLASSES), "accuracy", 1.5, **common,
+                        extra={"label_meaning": "pitch class of one note, octave random in MIDI "
+                                                f"{PITCH_RANGE[0]}..{PITCH_RANGE[1]}"})
     if name == "instrument":
         return TaskInfo(name, "multiclass", list(GM_FAMILIES), "accuracy", 3.0, **common,
                         extra={"label_meaning": "General MIDI family (sound effects excluded)"})
     if name == "key":
         labels = [key_name(tonic, mode) for mode in MODES for tonic in range(12)]
         return TaskInfo(name, "multiclass", labels, "accuracy", 6.0, **common, extra={"label_meaning": "tonic and mode"})
-    return TaskInfo(name, "beat", [], "beat_f_measure", 8.0, **common, label_kind="regression",
+    return TaskInfo(name, "beat", [], "beat_f", 8.0, **common, label_kind="regression",
                     extra={"label_meaning": "tempo in BPM", "tempo_range_bpm": list(TEMPO_RANGE),
                            "beat_tolerance_s": BEAT_TOLERANCE_S})
 
 
 _MAKERS: dict[str, Callable[[np.random.Generator, str, int, str | None], _Clip]] = {
     "pitch": _pitch_clip, "instrument": _instrument_clip, "key": _key_clip, "tempo": _tempo_clip,
+    "pitch_class": _pitch_class_clip,
 }
 
 
@@ -265,12 +293,15 @@ def _prepare_folder(folder: Path, overwrite: bool) -> None:
 
 
 def build_task(
-    out_dir: str | Path, name: str, *, seed: int = 0, num_clips: int = DEFAULT_CLIPS_PER_TASK,
+    out_dir: str | Path, name: str, *, seed: int = 0, num_clips: int | None = None,
     sample_rate: int = 24000, soundfont: str | None = None, overwrite: bool = False,
+    progress: Any = None,
 ) -> Path:
-    """Build one task folder ``out_dir/name``; returns its path."""
+    """Build one task folder ``out_dir/name`` (``num_clips`` None: :func:`default_clips`);
+    returns its path. ``progress``: a :class:`mertkit.progress.Progress` told of each clip."""
     if name not in TASKS:
         raise SuiteError(f"unknown task {name!r}; choose from {TASKS}")
+    num_clips = default_clips(name) if num_clips is None else num_clips
     folder = Path(out_dir) / name
     info = _task_info(name, seed, num_clips, sample_rate)
     split_counts(num_clips)
@@ -288,6 +319,8 @@ def build_task(
             row["beats"] = f"clips/{index:06d}.beats.txt"
             (folder / row["beats"]).write_text("".join(f"{t:.6f}\n" for t in clip.beats), encoding="utf-8")
         rows.append(row)
+        if progress is not None:
+            progress.update(1, task=name)
     groups = [row["label"] if info.labels else str(i) for i, row in enumerate(rows)]
     for row, split in zip(rows, _assign_splits(label_rng, groups)):
         row["split"] = split
@@ -308,19 +341,27 @@ def build_suite(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    clips_per_task: int = DEFAULT_CLIPS_PER_TASK,
+    clips_per_task: int | None = None,
     sample_rate: int = 24000,
     tasks: Sequence[str] = TASKS,
     soundfont: str | None = None,
     overwrite: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Path]:
-    """Render the benchmark suite under ``out_dir``; returns {task name: task folder}."""
+    """Render the benchmark suite under ``out_dir``; returns {task name: task folder}.
+
+    ``clips_per_task`` None: each task's :func:`default_clips`. ``progress``: a bar (or log
+    lines) over all clips; False silences it, None follows :func:`mertkit.progress.set_quiet`."""
+    from mertkit.progress import Progress
+
     unknown = [name for name in tasks if name not in TASKS]
     if unknown or not tasks:
         raise SuiteError(f"unknown or no tasks {list(tasks)!r}; choose from {TASKS}")
     require_synth_deps()
-    return {
-        name: build_task(out_dir, name, seed=seed, num_clips=clips_per_task, sample_rate=sample_rate,
-                         soundfont=soundfont, overwrite=overwrite)
-        for name in tasks
-    }
+    total = sum(default_clips(name) if clips_per_task is None else clips_per_task for name in tasks)
+    with Progress(total, "bench-suite", unit="clip", enabled=progress) as bar:
+        return {
+            name: build_task(out_dir, name, seed=seed, num_clips=clips_per_task, sample_rate=sample_rate,
+                             soundfont=soundfont, overwrite=overwrite, progress=bar)
+            for name in tasks
+        }
