@@ -137,3 +137,20 @@ def test_hear_rate_choice_and_resampling_matches_native(ckpt, tmp_path):
     b, _ = hear.get_timestamp_embeddings(tone16, native)
     assert a.shape == b.shape
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
+def test_hear_contract_for_the_mert2_family(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "models"))
+    from mert2_fixtures import write_checkpoint
+
+    model = hear.load_model(str(write_checkpoint(tmp_path / "mert2")), device="cpu")
+    assert model.model_sample_rate == 24000 and model.sample_rate == 48000
+    embeddings, stamps = hear.get_timestamp_embeddings(torch.rand(2, 2 * 48000) * 2 - 1, model)
+    assert embeddings.shape[0] == 2 and embeddings.shape[2] == model.timestamp_embedding_size
+    assert stamps.shape == embeddings.shape[:2] and stamps[0, -1].item() < 2000
+    step = torch.diff(stamps)
+    assert torch.allclose(step, step[:, :1].expand_as(step), atol=1e-3)
+    assert hear.get_scene_embeddings(torch.rand(2, 48000) * 2 - 1, model).shape == (2, model.scene_embedding_size)
