@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 import mertkit
-from mertkit.cli.demo_assets import demo_model_dir
+from mertkit.models.shipped import demo_model_dir
 from mertkit.extraction.engine import ExtractOptions
 from mertkit.extraction.provenance import embed_like_store
 from mertkit.extraction.runner import StoreOptions, run_extract

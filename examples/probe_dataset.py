@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import mertkit
-from mertkit.cli.demo_assets import demo_model_dir
+from mertkit.models.shipped import demo_model_dir
 from mertkit.eval.datasets import BUILTIN_TASKS, TaskSpec, read_manifest
 from mertkit.eval.features import from_safetensors_dir
 from mertkit.eval.probes import ProbeConfig, ProbeResult, run_probe

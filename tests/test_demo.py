@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import mertkit
 from mertkit.cli.app import main
-from mertkit.cli.demo_assets import EXAMPLE_AUDIO, SHIPPED_MODEL, asset, demo_model_dir
+from mertkit.models.shipped import EXAMPLE_AUDIO, SHIPPED_MODEL, asset, demo_model_dir
 
 
 def test_shipped_model_is_the_offline_default_and_small():

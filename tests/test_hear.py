@@ -78,9 +78,9 @@ def test_layer_choice(ckpt):
 
 
 def test_empty_default_path_uses_the_demo_model(ckpt, monkeypatch):
-    import mertkit.cli.demo_assets
+    import mertkit.models.shipped
 
-    monkeypatch.setattr(mertkit.cli.demo_assets, "demo_model_dir", lambda: (ckpt, True))
+    monkeypatch.setattr(mertkit.models.shipped, "demo_model_dir", lambda: (ckpt, True))
     assert hear.load_model("", device="cpu").sample_rate == 16000
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import mertkit
 from mertkit.cli.app import main
-from mertkit.cli.demo_assets import EXAMPLE_AUDIO, asset
+from mertkit.models.shipped import EXAMPLE_AUDIO, asset
 from mertkit.extraction.runner import load_features
 from mertkit.models.registry import SHIPPED_MODEL, asset_dir, lookup
 

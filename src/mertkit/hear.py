@@ -97,7 +97,7 @@ def load_model(model_file_path: str = "", **kwargs) -> HearModel:
     """Load a MERT-family model for HEAR.
 
     model_file_path: a checkpoint directory, a registry name ("MERT-v1-95M") or hub id, or ""
-    for the offline demo model (`mertkit.cli.demo_assets.demo_model_dir()`).
+    for the offline demo model (`mertkit.models.shipped.demo_model_dir()`).
     kwargs: layer ("mean" or a hidden-state index), window / hop (seconds; default the model's
     pre-training context, no overlap), device (default cuda when available), dtype (autocast:
     float32, bfloat16, float16, or auto: see `mertkit.models.kernels.resolve_dtype`), batch_size,
@@ -111,7 +111,7 @@ def load_model(model_file_path: str = "", **kwargs) -> HearModel:
     device = kwargs.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
     path = model_file_path
     if not path:
-        from mertkit.cli.demo_assets import demo_model_dir
+        from mertkit.models.shipped import demo_model_dir
 
         path = str(demo_model_dir()[0])
     return HearModel(load(path, device=device), **kwargs)

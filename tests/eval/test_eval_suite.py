@@ -209,10 +209,10 @@ def test_beat_probe_settings_cap_the_schedule():
 
 def test_cli_default_model_says_random_and_prints_the_table(run, tmp_path, monkeypatch):
     root, model_dir, _ = run
-    import mertkit.cli.demo_assets
+    import mertkit.models.shipped
 
     # Stand the tiny checkpoint in for the demo model (same contract: a directory and is_random).
-    monkeypatch.setattr(mertkit.cli.demo_assets, "demo_model_dir", lambda: (model_dir, True))
+    monkeypatch.setattr(mertkit.models.shipped, "demo_model_dir", lambda: (model_dir, True))
     args = ["--suite", "synth", "--suite-dir", str(root / "suite"), "--out", str(tmp_path / "out"),
             "--tasks", "pitch,tempo", "--seeds", "0", "--lrs", "1e-2", "--epochs", "2", "--clips", str(CLIPS),
             "--random-init", "0", "--run-name", "cli", "--quiet"]

@@ -15,7 +15,7 @@ from mertkit.cli.options import device_option, examples, model_option, out_optio
 @verbosity
 def demo(out: str, model: str | None, device: str) -> None:
     """Extract features from the shipped example audio with the offline default model."""
-    from mertkit.cli.demo_assets import EXAMPLE_AUDIO, asset, demo_model_dir
+    from mertkit.models.shipped import EXAMPLE_AUDIO, asset, demo_model_dir
     from mertkit.extraction.engine import ExtractOptions
     from mertkit.extraction.runner import load_features, run_extract
     from mertkit.models.checkpoint import CheckpointError, ConfigError, load

@@ -78,7 +78,6 @@ DEFAULT_TASKS = ("pitch", "pitch_class", "instrument", "key", "tempo", "beat")
 DEFAULT_RANDOM_INIT = 3
 BEAT_NOT_RUN = "beat tracking not run (not among the tasks); tempo is scored as BPM regression only"
 BASELINE_TITLES = {"mfcc": "MFCC stats", "chroma": "chroma stats"}
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 Log = Callable[[str], None]
 
 
@@ -461,7 +460,7 @@ def _tempo_labels(manifest: Path) -> dict[str, float]:
 def load_model(model_name_or_dir: str | Path | None, device: str = "cpu") -> tuple[Any, ModelInfo]:
     """The model in eval mode and what the report says about it."""
     from mertkit.models import checkpoint
-    from mertkit.cli.demo_assets import demo_model_dir
+    from mertkit.models.shipped import demo_model_dir
 
     demo_dir, demo_random = demo_model_dir() if model_name_or_dir is None else (None, False)
     target = demo_dir if demo_dir is not None else model_name_or_dir
@@ -488,9 +487,10 @@ def _origin(requested: str | Path | None, directory: Path, demo_random: bool) ->
 
 
 def model_fingerprint(directory: Path) -> str:
-    """blake2b of the checkpoint's config and weight files: the cache key's guarantee."""
-    files = sorted(p for p in directory.iterdir() if p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES)
-    return _hash_files(files, directory)
+    """The weights fingerprint extraction records (config and weight files): the cache key's guarantee."""
+    from mertkit.extraction.provenance import directory_fingerprint
+
+    return directory_fingerprint(directory)
 
 
 def extract_model_features(

@@ -29,7 +29,7 @@ import torch
 
 from mertkit.models.family import FamilyModel
 
-__all__ = ["compute_dtype", "directory_fingerprint", "embed_like_store", "model_for_store", "model_source",
+__all__ = ["directory_fingerprint", "embed_like_store", "model_for_store", "model_source",
            "weights_fingerprint"]
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ _MODEL_FILE_SUFFIXES = (".safetensors", ".bin")
 PERSIST_MIN_BYTES = 64 << 20
 _CHUNK = 8 << 20
 _memory_cache: dict[tuple, str] = {}
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def weights_fingerprint(model: FamilyModel) -> str:
@@ -57,13 +56,6 @@ def directory_fingerprint(directory: str | os.PathLike) -> str:
     for path in files:
         digest.update(f"{path.name}\0{_file_sha256(path)}\n".encode())
     return "sha256:" + digest.hexdigest()
-
-
-def compute_dtype(model: FamilyModel, requested: str) -> str:
-    """The dtype the forward pass runs in: the weights' own when they are half precision (the
-    extractor then runs them natively), else the requested autocast dtype."""
-    weights = next(model.parameters()).dtype
-    return _DTYPE_NAMES.get(weights, str(weights)) if weights != torch.float32 else requested
 
 
 def model_source(model: FamilyModel) -> str:

@@ -1,4 +1,4 @@
-"""The README's main job: features of the shipped example audio, fully offline.
+"""The shipped offline model and example audio: the README's main job runs fully offline.
 
 The model is the one the package ships (registry name `mertkit-tiny-synth`, files in
 `mertkit/assets/model`) when present. Without it a small MERT-v1-layout checkpoint with
