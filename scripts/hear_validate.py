@@ -8,8 +8,8 @@ pins TensorFlow and imports it even for PyTorch modules). Run by hand as
 
 Layouts (one tiny checkpoint each, same shapes as the real ones in miniature):
 MERT-v1-95M (post-LN, 24 kHz), MERT-v1-330M (pre-LN, 24 kHz), MERT-v0 / MERT-v0-public
-(post-LN, 16 kHz) and music2vec-v1 (data2vec-audio, 16 kHz). The shipped default model
-(``load_model("")``) is validated too.
+(post-LN, 16 kHz), music2vec-v1 (data2vec-audio, 16 kHz) and MERT-v2 (mel Conformer, 24 kHz,
+bf16 safetensors as released). The shipped default model (``load_model("")``) is validated too.
 """
 from __future__ import annotations
 
@@ -50,6 +50,37 @@ def write_checkpoints(root: Path) -> dict[str, Path]:
     return folders
 
 
+# MERT-v2 in miniature: every block type of the release, far narrower.
+_TINY_MERT2 = dict(model_type="mert2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, num_mel_bins=16, n_fft=128, win_length=128, hop_length=32,
+                   subsampling_channels=[16, 24, 32], subsampling_depths=[1, 2, 1], conv_depthwise_kernel_size=7)
+
+
+def write_mert2_checkpoint(folder: Path) -> Path:
+    """config.json + model.safetensors as the hub stores MERT-v2: bf16 weights, float32 front end."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from mertkit.models.mert2.config import Mert2Config
+    from mertkit.models.mert2.model import Mert2Model
+
+    torch.manual_seed(len(LAYOUTS))
+    config = Mert2Config.from_dict(_TINY_MERT2)
+    state = Mert2Model(config).state_dict()
+    front = "feature_extractor."
+    bins = config.n_fft // 2 + 1
+    state[front + "spectrogram.window"] = torch.hann_window(config.win_length, periodic=True)
+    state[front + "mel_scale.fb"] = torch.rand(bins, config.num_mel_bins) / bins  # a positive stand-in filterbank
+    state[front + "mel_mean"] = torch.full((config.num_mel_bins,), -30.0)
+    state[front + "mel_std"] = torch.full((config.num_mel_bins,), 10.0)
+    tensors = {k: (v.float() if k.startswith(front) else v.to(torch.bfloat16)).contiguous() for k, v in state.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**_TINY_MERT2, "torch_dtype": "bfloat16"}, indent=2))
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, default=None, help="Write the checkpoints here and keep them.")
@@ -62,7 +93,8 @@ def main() -> int:
         return 2
     root = args.keep or Path(tempfile.mkdtemp(prefix="mertkit-hear-"))
     try:
-        targets = {**write_checkpoints(root), "shipped default model": ""}
+        targets = {**write_checkpoints(root), "MERT-v2 (mel Conformer, 24 kHz)": write_mert2_checkpoint(root / "mert2"),
+                   "shipped default model": ""}
         failed = []
         for title, folder in targets.items():
             command = [validator, "mertkit.hear", "-d", "cpu"] + (["-m", str(folder)] if folder else [])
