@@ -99,6 +99,19 @@ def write_json(target: str | os.PathLike, data: Any) -> Path:
     return atomic_write(target, lambda handle: handle.write(text), mode="w")
 
 
+def writable_dir_problem(folder: str | os.PathLike, what: str) -> str | None:
+    """Create `folder` if needed; the one-line reason it cannot be written, or None.
+    `what` names it in the message ("output folder", "store folder")."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"{folder}: cannot create the {what} ({err.strerror or err})"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder}: the {what} is not writable"
+    return None
+
+
 def make_temp_dir(parent: str | os.PathLike) -> Path:
     """A private temp folder in `parent`, named so that `remove_stale_temps` recognises it."""
     return Path(tempfile.mkdtemp(prefix=temp_prefix(), dir=parent))

@@ -57,7 +57,9 @@ from mertkit.extraction.engine import (
     JobFailure,
     WindowOutput,
 )
-from mertkit.fileio import TEMP_MARK, atomic_write, make_temp_dir, remove_stale_temps, terminate_raises
+from mertkit.fileio import (
+    TEMP_MARK, atomic_write, make_temp_dir, remove_stale_temps, terminate_raises, writable_dir_problem,
+)
 from mertkit.models.family import FamilyModel
 from mertkit.models.kernels import DTYPE_CHOICES, dtype_name, resolve_dtype
 
@@ -155,14 +157,10 @@ def discover_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[InputFile
 
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
     """Create the output folder; one-line ExtractError when it cannot be created or written."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ExtractError(f"{out}: cannot create the output folder ({err.strerror or err})") from err
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ExtractError(f"{out}: the output folder is not writable")
-    return out
+    problem = writable_dir_problem(out_dir, "output folder")
+    if problem:
+        raise ExtractError(problem)
+    return Path(out_dir)
 
 
 def output_metadata(model: FamilyModel, extractor: Extractor, source: str,

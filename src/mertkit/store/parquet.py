@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from mertkit.fileio import TEMP_MARK, atomic_write, write_json
+from mertkit.fileio import TEMP_MARK, atomic_write, writable_dir_problem, write_json
 
 __all__ = [
     "FeatureStore",
@@ -599,13 +599,9 @@ class FeatureStoreWriter:
 
 def check_writable(root: str | os.PathLike[str]) -> None:
     """One line, before any work, for a store folder that cannot be created or written."""
-    root = Path(root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise StoreError(f"{root}: cannot create the store folder ({error.strerror or error})") from error
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise StoreError(f"{root}: the store folder is not writable")
+    problem = writable_dir_problem(root, "store folder")
+    if problem:
+        raise StoreError(problem)
 
 
 # ----------------------------------------------------------------------------- reader
