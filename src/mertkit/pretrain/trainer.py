@@ -39,7 +39,7 @@ from mertkit.fileio import atomic_write
 from mertkit.progress import Progress
 from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.diagnostics import save_snapshot
-from mertkit.pretrain.data import Batch, PretrainDataset, clip_seed, iterate_batches
+from mertkit.pretrain.data import Batch, PretrainDataError, PretrainDataset, clip_seed, iterate_batches
 from mertkit.pretrain.masking import span_mask
 from mertkit.pretrain.mlm_model import Counts, LossSums, MertPretrainModel
 
@@ -534,10 +534,14 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--resume"]
     if len(args) != 4:
         raise SystemExit("usage: python -m mertkit.pretrain.trainer CONFIG.json AUDIO_DIR LABEL_DIR|- OUT_DIR [--resume]")
-    from mertkit.pretrain.pretrain_config import load_config
+    from mertkit.pretrain.pretrain_config import PretrainConfigError, load_config
 
     config, audio, labels, out = args
-    train(load_config(config), audio, None if labels == "-" else labels, out, resume=resume)
+    try:
+        train(load_config(config), audio, None if labels == "-" else labels, out, resume=resume)
+    except (PretrainConfigError, PretrainError, PretrainDataError) as err:
+        # bad input under torchrun: one line per rank, as `mert pretrain` prints it, not a traceback
+        raise SystemExit(f"Error: {err}") from err
     if dist.is_initialized():
         # gloo's barrier completes only after every earlier collective of the process has, so
         # no asynchronous work (DDP's gradient buckets included) is alive when the group is
