@@ -97,7 +97,8 @@ def evaluate(ctx: click.Context, model_names: tuple[str, ...], suite: str, suite
     if quick:
         seeds, lrs, epochs, random_init = (_quick(ctx, name, value) for name, value in
                                            (("seeds", seeds), ("lrs", lrs), ("epochs", epochs), ("random_init", random_init)))
-        clips = clips or QUICK["clips"]
+        # A rendered suite given with --suite-dir is used as it is: --quick does not resize it.
+        clips = clips or (None if suite_dir is not None else QUICK["clips"])
     suite_dir = suite_dir or out_dir / "suite" / f"{suite}-seed{seed or 0}-clips{clips or 'default'}"
     log = logging.getLogger("mertkit.eval").info  # -q silences it
     started = time.perf_counter()
