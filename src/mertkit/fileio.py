@@ -112,6 +112,29 @@ def writable_dir_problem(folder: str | os.PathLike, what: str) -> str | None:
     return None
 
 
+class TaggedFileError(ValueError):
+    """A torch-saved mertkit file that is missing, unreadable or of another kind (one line)."""
+
+
+def read_tagged_torch(path: str | os.PathLike, fmt: str, what: str) -> dict:
+    """The dict a mertkit writer saved with torch.save and `"format": fmt`, loaded with
+    weights_only=True (no pickled code runs). `what` names the kind of file in errors."""
+    import pickle
+
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise TaggedFileError(f"{path}: no such {what}") from err
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise TaggedFileError(f"{path}: not a readable {what} ({type(err).__name__}: {first_line})") from err
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise TaggedFileError(f"{path}: not a mertkit {what} (format {fmt})")
+    return payload
+
+
 def make_temp_dir(parent: str | os.PathLike) -> Path:
     """A private temp folder in `parent`, named so that `remove_stale_temps` recognises it."""
     return Path(tempfile.mkdtemp(prefix=temp_prefix(), dir=parent))

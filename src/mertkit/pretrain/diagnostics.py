@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mertkit.fileio import write_json
+from mertkit.fileio import TaggedFileError, read_tagged_torch, write_json
 
 SNAPSHOT_FORMAT = "mertkit-snapshot-1"
 SNAPSHOT_DIR = "snapshots"
@@ -319,11 +319,9 @@ def load_snapshot(path: Path):
     from mertkit.pretrain.trainer import build_model
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError) as err:
-        raise DiagnosticsError(f"{path}: not a readable snapshot ({type(err).__name__})") from err
-    if not isinstance(payload, dict) or payload.get("format") != SNAPSHOT_FORMAT:
-        raise DiagnosticsError(f"{path}: not a mertkit snapshot ({SNAPSHOT_FORMAT})")
+        payload = read_tagged_torch(path, SNAPSHOT_FORMAT, "snapshot")
+    except TaggedFileError as err:
+        raise DiagnosticsError(str(err)) from err
     cfg = PretrainConfig.from_dict(payload["config"], source=str(path))
     model = build_model(cfg)
     model.load_state_dict(payload["model"])

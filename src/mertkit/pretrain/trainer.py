@@ -23,7 +23,6 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import time
@@ -35,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mertkit.fileio import atomic_write
+from mertkit.fileio import TaggedFileError, atomic_write, read_tagged_torch
 from mertkit.progress import Progress
 from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.diagnostics import save_snapshot
@@ -417,17 +416,10 @@ def _atomic_save(payload: dict, path: Path) -> None:
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """A training checkpoint (loaded with weights_only=True: no pickled code runs)."""
-    path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise PretrainError(f"{path}: no such checkpoint") from err
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        first_line = str(err).splitlines()[0] if str(err) else ""
-        raise PretrainError(f"{path}: not a readable training checkpoint ({type(err).__name__}: {first_line})") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise PretrainError(f"{path}: not a mertkit pre-training checkpoint (format {CHECKPOINT_FORMAT})")
-    return payload
+        return read_tagged_torch(path, CHECKPOINT_FORMAT, "pre-training checkpoint")
+    except TaggedFileError as err:
+        raise PretrainError(str(err)) from err
 
 
 def load_checkpoint(out: Path) -> dict:

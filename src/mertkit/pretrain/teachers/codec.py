@@ -313,12 +313,12 @@ class CodecTeacher:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CodecTeacher:
+        from mertkit.fileio import TaggedFileError, read_tagged_torch
+
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError, EOFError) as err:
-            raise CodecError(f"{path}: not a readable codec file ({type(err).__name__})") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CodecError(f"{path}: not a mertkit codec ({FORMAT})")
+            payload = read_tagged_torch(path, FORMAT, "codec file")
+        except TaggedFileError as err:
+            raise CodecError(str(err)) from None
         codec = Codec(CodecConfig(**payload["config"]))
         codec.load_state_dict(payload["state"])
         return cls(codec)
