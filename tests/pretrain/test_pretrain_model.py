@@ -68,6 +68,30 @@ def test_total_loss_weights_and_normalisers(model):
     assert torch.allclose(model.total_loss(out, counts), expected)
 
 
+def test_unmasked_weight_adds_both_terms_on_the_unmasked_frames():
+    torch.manual_seed(0)
+    model = MertPretrainModel(tiny_config(unmasked_weight=0.5)).eval()
+    wave, lengths, labels, mask = _inputs(model)
+    out = model(wave, lengths, labels, mask)
+    # the unmasked sums are the masked ones computed with the mask inverted (within valid frames)
+    ref = model.backbone(wave, lengths, mask_time_indices=mask)
+    kept = ~mask & (torch.arange(mask.shape[1])[None] < ref.frame_lengths[:, None])
+    hidden = ref.last_hidden_state[kept]
+    cqt = model.cqt(wave, num_frames=mask.shape[1]).transpose(1, 2)[kept]
+    assert torch.allclose(out.sums["cqt_unmasked"], (model.cqt_head(hidden) - cqt).pow(2).mean(-1).sum(), rtol=1e-5)
+    targets = labels[:, :, : mask.shape[1]].transpose(1, 2)[kept]
+    assert torch.allclose(out.sums["ce_unmasked"], F.cross_entropy(model.code_logits(hidden).transpose(1, 2), targets,
+                                                                   reduction="none").sum(0), rtol=1e-5)
+    counts = Counts(masked_frames=50, valid_frames=80)
+    expected = (out.sums["ce"].sum() / 50 + 10 * out.sums["penalty"] / 80 + out.sums["cqt"] / 50
+                + 0.5 * (out.sums["ce_unmasked"].sum() + out.sums["cqt_unmasked"]) / 30)
+    assert torch.allclose(model.total_loss(out, counts), expected)
+    # the recipe default (0) leaves the unmasked frames out entirely
+    torch.manual_seed(0)
+    recipe = MertPretrainModel(tiny_config()).eval()
+    assert not {"ce_unmasked", "cqt_unmasked"} & set(recipe(wave, lengths, labels, mask).sums)
+
+
 def _grads(mult: float):
     torch.manual_seed(0)
     model = MertPretrainModel(tiny_config(feature_grad_mult=mult))

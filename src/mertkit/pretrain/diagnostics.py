@@ -226,13 +226,7 @@ def _entropy_bits(y: np.ndarray) -> float:
 # =======================================================================================
 def loss_terms(model, out, counts) -> dict[str, torch.Tensor]:
     """The weighted, normalised terms whose sum is `model.total_loss` (one per codebook)."""
-    cfg = model.config
-    masked = max(counts.masked_frames, 1)
-    terms = {f"ce_{k}": cfg.ce_weight * value / masked for k, value in enumerate(out.sums["ce"])}
-    terms["penalty"] = cfg.penalty_weight * out.sums["penalty"] / max(counts.valid_frames, 1)
-    if "cqt" in out.sums:
-        terms["cqt"] = cfg.cqt_weight * out.sums["cqt"] / masked
-    return terms
+    return model.loss_terms(out, counts)
 
 
 def _flat_grad(term: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:

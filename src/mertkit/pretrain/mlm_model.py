@@ -9,7 +9,9 @@ One training forward, in order:
 4. feature projection; masked frames replaced by `masked_spec_embed`; transformer encoder;
 5. `final_proj` Linear(H, final_dim * K) split per codebook; logits = cosine(projection,
    every code's embedding in `label_embs_concat`) / logit_temp; cross-entropy on masked
-   frames only, per codebook; CQT head Linear(H, cqt_bins), MSE on masked frames.
+   frames only, per codebook; CQT head Linear(H, cqt_bins), MSE on masked frames. With
+   `unmasked_weight` > 0 (HuBERT's `pred_nomask_weight`; MERT uses 0) both terms are also
+   taken on the unmasked frames, weighted by it.
 
 Every loss term is returned as a *sum* (over masked frames, or over valid frames for the
 penalty) with its count, so the trainer can divide by counts summed over all micro-batches
@@ -150,17 +152,32 @@ class MertPretrainModel(Backbone):
             wave, _ = mix_batch(wave, lengths, mixture_settings(cfg), mixture_generator)
         states, valid, square = self.encode(wave, lengths, mask)
         selected = mask & valid
-        hidden = states[-1][selected]  # [N, H] masked valid frames
-        targets = labels[:, :, :frames].transpose(1, 2)[selected]  # [N, K]
-        logits = self.code_logits(hidden)  # [N, K, V]
-        ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(0)  # [K]
+        targets = labels[:, :, :frames].transpose(1, 2)  # [B, F, K]
+        ce, cqt, logits = self._frame_terms(states[-1], selected, targets, cqt_target)
         sums = {"ce": ce, "penalty": (square * valid).sum()}
-        if cqt_target is not None:
-            predicted = self.cqt_head(hidden).float()
-            sums["cqt"] = (predicted - cqt_target[selected]).pow(2).mean(-1).sum()
+        if cqt is not None:
+            sums["cqt"] = cqt
+        if cfg.unmasked_weight > 0:
+            # HuBERT's pred_nomask_weight: the same targets on the frames the model sees
+            ce_kept, cqt_kept, _ = self._frame_terms(states[-1], ~mask & valid, targets, cqt_target)
+            sums["ce_unmasked"] = ce_kept
+            if cqt_kept is not None:
+                sums["cqt_unmasked"] = cqt_kept
         with torch.no_grad():
-            correct = (logits.argmax(-1) == targets).sum(0)
+            correct = (logits.argmax(-1) == targets[selected]).sum(0)
         return LossSums(sums, correct, int(selected.sum()), int(valid.sum()))
+
+    def _frame_terms(
+        self, last: Tensor, chosen: Tensor, targets: Tensor, cqt_target: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Summed CE per codebook [K], summed CQT MSE (or None) and the logits, on `chosen` frames."""
+        hidden = last[chosen]  # [N, H]
+        logits = self.code_logits(hidden)  # [N, K, V]
+        ce = F.cross_entropy(logits.transpose(1, 2), targets[chosen], reduction="none").sum(0)
+        if cqt_target is None:
+            return ce, None, logits
+        predicted = self.cqt_head(hidden).float()
+        return ce, (predicted - cqt_target[chosen]).pow(2).mean(-1).sum(), logits
 
     def code_logits(self, hidden: Tensor) -> Tensor:
         """[N, H] -> [N, K, V]: cosine similarity to every code embedding / logit_temp."""
@@ -186,13 +203,22 @@ class MertPretrainModel(Backbone):
     # ---- loss -----------------------------------------------------------------------------
     def total_loss(self, out: LossSums, counts: Counts) -> Tensor:
         """Weighted sum of the terms, each divided by its global count."""
+        return sum(self.loss_terms(out, counts).values())
+
+    def loss_terms(self, out: LossSums, counts: Counts) -> dict[str, Tensor]:
+        """The weighted, normalised terms whose sum is the loss (one CE term per codebook)."""
         cfg = self.config
         masked = max(counts.masked_frames, 1)
-        loss = cfg.ce_weight * out.sums["ce"].sum() / masked
-        loss = loss + cfg.penalty_weight * out.sums["penalty"] / max(counts.valid_frames, 1)
+        kept = max(counts.valid_frames - counts.masked_frames, 1)
+        terms = {f"ce_{k}": cfg.ce_weight * value / masked for k, value in enumerate(out.sums["ce"])}
+        terms["penalty"] = cfg.penalty_weight * out.sums["penalty"] / max(counts.valid_frames, 1)
         if "cqt" in out.sums:
-            loss = loss + cfg.cqt_weight * out.sums["cqt"] / masked
-        return loss
+            terms["cqt"] = cfg.cqt_weight * out.sums["cqt"] / masked
+        if "ce_unmasked" in out.sums:
+            terms["ce_unmasked"] = cfg.unmasked_weight * cfg.ce_weight * out.sums["ce_unmasked"].sum() / kept
+        if "cqt_unmasked" in out.sums:
+            terms["cqt_unmasked"] = cfg.unmasked_weight * cfg.cqt_weight * out.sums["cqt_unmasked"] / kept
+        return terms
 
     @staticmethod
     def metrics(sums: dict[str, Tensor], correct: Tensor | None, counts: Counts) -> dict[str, object]:
@@ -204,6 +230,11 @@ class MertPretrainModel(Backbone):
         }
         if "cqt" in sums:
             out["cqt_mse"] = float(sums["cqt"]) / masked
+        kept = max(counts.valid_frames - counts.masked_frames, 1)
+        if "ce_unmasked" in sums:
+            out["ce_unmasked"] = [round(float(v) / kept, 6) for v in sums["ce_unmasked"]]
+        if "cqt_unmasked" in sums:
+            out["cqt_mse_unmasked"] = float(sums["cqt_unmasked"]) / kept
         if correct is not None:
             out["accuracy"] = [round(float(v) / masked, 6) for v in correct]
         return out

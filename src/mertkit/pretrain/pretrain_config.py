@@ -62,6 +62,8 @@ class PretrainConfig:
     ce_weight: float = 1.0
     penalty_weight: float = 10.0
     cqt_weight: float = 1.0
+    # CE and CQT also on the unmasked frames, times this (HuBERT's pred_nomask_weight; MERT: 0)
+    unmasked_weight: float = 0.0
     # ---- data2vec objective (music2vec) ---------------------------------------------------
     d2v_top_k: int = 8
     d2v_ema_decay: float = 0.999
@@ -137,6 +139,7 @@ class PretrainConfig:
              "need 1 <= mixture_min_samples <= mixture_max_samples"),
             (self.n_codebooks >= 1 and self.codebook_size >= 2 and self.final_dim >= 1, "bad target sizes"),
             (self.logit_temp > 0, "logit_temp must be > 0"),
+            (self.unmasked_weight >= 0, f"unmasked_weight must be >= 0, got {self.unmasked_weight}"),
             (self.grad_accum >= 1 and self.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
             (0 <= self.warmup_updates <= self.total_updates and self.total_updates >= 1,
              "need 0 <= warmup_updates <= total_updates and total_updates >= 1"),
