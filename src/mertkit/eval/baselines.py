@@ -16,6 +16,8 @@ Clip baselines have shape [1, D] per clip (one "layer"), i.e. [N, 1, D] once sta
   frame-to-frame rise of a 64-band log-mel spectrogram averaged over all bands (the classic
   onset-strength envelope) and over 8 groups of adjacent bands, each clip scaled so that its
   envelope peaks at 1, with the 4 frames either side stacked as context -> [1, frames, 81].
+  Its centred frames run to the clip's end, so a MERT model's conv front end (which needs a
+  full receptive field) yields one or two frames fewer of the same grid.
 """
 from __future__ import annotations
 

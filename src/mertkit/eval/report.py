@@ -266,7 +266,7 @@ def write_report(results: Sequence[ProbeResult], out_dir: str | Path, model: str
 
 def _row(result: ProbeResult, model: str, layer: str) -> str:
     cells: list[Any] = [result.task, model or "-", result.probe, layer, result.metric, format_score(result),
-                        f"{100 * result.valid_mean:.1f}", f"{result.best_lr:g}"]
+                        f"{100 * result.valid_mean:.1f}", f"{result.best_lr:g}" if math.isfinite(result.best_lr) else "-"]
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
