@@ -169,6 +169,25 @@ def test_onset_baseline_is_on_the_beat_features_frame_grid(run):
     assert 1 <= hidden.shape[1] - model_hidden.shape[1] <= 2
 
 
+def test_baseline_files_of_another_version_are_recomputed(run, tmp_path):
+    from safetensors.numpy import save_file
+
+    from mertkit.eval.baselines import FEATURE_VERSION
+
+    root, _, _ = run
+    shutil.copytree(root / "out" / "features" / "baseline-mfcc", tmp_path / "features" / "baseline-mfcc")
+    tasks = suite_runner.load_suite_tasks({"key": root / "suite" / "key"})
+    stale = only((tmp_path / "features" / "baseline-mfcc").glob("key-*")) / "clips" / "000002.wav.safetensors"
+    hidden, meta = read_feature_file(stale)
+    assert meta["baseline_version"] == FEATURE_VERSION
+    save_file({"hidden_states": np.zeros_like(hidden)}, str(stale), metadata={**meta, "baseline_version": "1"})
+    untouched = {str(p): p.stat().st_mtime_ns for p in stale.parent.glob("*.safetensors") if p != stale}
+    suite_runner.write_baselines(tasks, tmp_path, "mfcc", lambda message: None, progress=False)
+    hidden_again, meta_again = read_feature_file(stale)
+    assert meta_again["baseline_version"] == FEATURE_VERSION and np.array_equal(hidden_again, hidden)
+    assert {str(p): p.stat().st_mtime_ns for p in stale.parent.glob("*.safetensors") if p != stale} == untouched
+
+
 def test_rerun_reuses_suite_and_features(run):
     root, model_dir, first = run
     before = feature_files(root / "out")

@@ -14,8 +14,9 @@ Clip baselines have shape [1, D] per clip (one "layer"), i.e. [N, 1, D] once sta
 * Onset strength (beat tasks only, :func:`onset_features`): per frame, on the frame grid of the
   beat task's model features (frame t at t / frame_rate seconds), the half-wave rectified
   frame-to-frame rise of a 64-band log-mel spectrogram averaged over all bands (the classic
-  onset-strength envelope) and over 8 groups of adjacent bands, each clip scaled so that its
-  envelope peaks at 1, with the 4 frames either side stacked as context -> [1, frames, 81].
+  onset-strength envelope) and over 8 groups of adjacent bands, each standardised over the
+  clip's frames (the probes do not scale their inputs, and raw flux in dB trains a linear probe
+  slowly), with the 4 frames either side stacked as context -> [1, frames, 81].
   Its centred frames run to the clip's end, so a MERT model's conv front end (which needs a
   full receptive field) yields one or two frames fewer of the same grid.
 """
@@ -162,6 +163,9 @@ BASELINES: dict[str, Callable[[np.ndarray, SpectralConfig], np.ndarray]] = {
     "logmel": logmel_stats,
 }
 ONSET = "onset"
+# Written into every baseline feature file; the suite's cache recomputes files of another
+# version, so a changed feature definition never reuses stale features.
+FEATURE_VERSION = "2"
 DEFAULT_BASELINES = ("mfcc", "chroma", "logmel", ONSET)
 # Which tasks each baseline serves (the CLI help and the report notes say the same).
 BASELINE_SCOPE = "mfcc, chroma, logmel: clip tasks (pitch, pitch_class, instrument, key, tempo); onset: beat"
@@ -221,14 +225,14 @@ def onset_strength(wave: np.ndarray, sample_rate: int, hop: int, cfg: OnsetConfi
 
 
 def onset_features(wave: np.ndarray, sample_rate: int, hop: int, cfg: OnsetConfig = OnsetConfig()) -> np.ndarray:
-    """[1, frames, cfg.width]: :func:`onset_strength` scaled so the clip's envelope peaks at 1
-    (a silent clip stays 0), with its ``context`` frames either side stacked (zeros past the
-    ends). Column 0 is the frame's own envelope value; then its band values, then the
-    neighbours in the order -1, +1, -2, +2, ..."""
+    """[1, frames, cfg.width]: each row of :func:`onset_strength` standardised over the clip's
+    frames (zero mean, unit variance; a constant row becomes 0), with its ``context`` frames
+    either side stacked (0, the mean, past the ends). Column 0 is the frame's own envelope
+    value, then its band values, then the neighbours in the order -1, +1, -2, +2, ..."""
     strength = onset_strength(wave, sample_rate, hop, cfg)
-    peak = strength[0].max()
-    if peak > 0:
-        strength = strength / peak
+    spread = strength.std(axis=1, keepdims=True)
+    strength = np.divide(strength - strength.mean(axis=1, keepdims=True), spread,
+                         out=np.zeros_like(strength), where=spread > 0)
     frames = strength.shape[1]
     padded = np.pad(strength, ((0, 0), (cfg.context, cfg.context)))
     offsets = [0] + [sign * step for step in range(1, cfg.context + 1) for sign in (-1, 1)]
@@ -283,7 +287,8 @@ def write_baseline_features(
     written = []
     for record in records:
         features = BASELINES[baseline](load_segment(record, cfg.sample_rate), cfg)
-        metadata = {"model": baseline, "sample_rate": str(cfg.sample_rate), "layers": "1", "pooling": "stats", "source": str(record.audio_path)}
+        metadata = {"model": baseline, "sample_rate": str(cfg.sample_rate), "layers": "1", "pooling": "stats",
+                    "source": str(record.audio_path), "baseline_version": FEATURE_VERSION}
         written.append(_save_features(Path(out_dir) / f"{record.path}.safetensors", features, metadata))
     return written
 
@@ -298,7 +303,7 @@ def write_onset_features(
     for record in records:
         features = onset_features(load_segment(record, sample_rate), sample_rate, hop, cfg)
         metadata = {"model": ONSET, "sample_rate": str(sample_rate), "frame_rate": repr(float(frame_rate)), "layers": "1",
-                    "pooling": "none", "source": str(record.audio_path)}
+                    "pooling": "none", "source": str(record.audio_path), "baseline_version": FEATURE_VERSION}
         written.append(_save_features(Path(out_dir) / f"{record.path}.safetensors", features, metadata))
     return written
 

@@ -475,14 +475,14 @@ def _beat_scores(probabilities: np.ndarray, split: SplitData, data: FeatureSplit
 def peak_picking_result(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig,
                         thresholds: Sequence[float] = PEAK_THRESHOLDS) -> ProbeResult:
     """A beat score with no probe: the beat decoder run straight on feature column 0 of the one
-    layer (an activation in [0, 1] per clip, e.g. an onset-strength envelope), at the threshold
+    layer (e.g. an onset-strength envelope) scaled to [0, 1] within each clip, at the threshold
     with the best validation F-measure (ties: the lowest), scored on test like a probe's output."""
     if task.kind != "beat":
         raise ProbeError(f"peak picking scores beat tasks; task {task.name!r} is {task.kind}")
     if not thresholds:
         raise ProbeError("peak picking needs at least one threshold")
     _check_inputs(task, data, replace(cfg, layer=0))
-    activation = {name: data.split(name).x[:, 0, :, 0] for name in ("valid", "test")}
+    activation = {name: _unit_range(data.split(name)) for name in ("valid", "test")}
     valid = {t: _beat_score(activation["valid"], data.valid, data, replace(cfg, beat_threshold=t)) for t in thresholds}
     best = max(thresholds, key=lambda t: valid[t])
     per_track = np.array(_beat_scores(activation["test"], data.test, data, replace(cfg, beat_threshold=best)))
@@ -494,6 +494,16 @@ def peak_picking_result(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig,
         valid_by_lr={},
     )
     return _with_uncertainty(task, [_TestItems(len(per_track), lambda index: float(per_track[index].mean()))], result)
+
+
+def _unit_range(split: SplitData) -> np.ndarray:
+    """Feature column 0 of layer 0, min-max scaled over each clip's frames (padding excluded)."""
+    activation = split.x[:, 0, :, 0].astype(np.float64)
+    for row, values in enumerate(activation):
+        valid = split.y[row] != metrics.IGNORE_INDEX
+        low, high = values[valid].min(), values[valid].max()
+        values[:] = (values - low) / (high - low) if high > low else 0.0
+    return activation
 
 
 def pick_peaks(activation: np.ndarray, threshold: float) -> np.ndarray:

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from mertkit.eval.baselines import BASELINE_SCOPE, DEFAULT_BASELINES, ONSET
+from mertkit.eval.baselines import BASELINE_SCOPE, DEFAULT_BASELINES, FEATURE_VERSION, ONSET
 from mertkit.eval.datasets import DatasetError, Record, TaskSpec, encode_labels, read_manifest
 from mertkit.eval.features import FeatureError, FeatureSplits, from_safetensors_dir, read_feature_file
 from mertkit.eval.metrics import MetricError
@@ -603,7 +603,8 @@ def _baseline_cached(cache: Path, record: Record, baseline: str, frame_rate: flo
     except FeatureError:
         return False  # a file cut short by an interrupted run: recompute it
     # The folder key already pins the audio bytes; the source path may differ (a moved folder).
-    return meta.get("model") == baseline and (frame_rate is None or meta.get("frame_rate") == repr(float(frame_rate)))
+    return (meta.get("model") == baseline and meta.get("baseline_version") == FEATURE_VERSION
+            and (frame_rate is None or meta.get("frame_rate") == repr(float(frame_rate))))
 
 
 # ----------------------------------------------------------------------------- probes
