@@ -104,8 +104,8 @@ def plot_layers(results: Sequence[ProbeResult], path: str | Path, model: str = "
     return Path(path)
 
 
-BASELINE_COLOURS = ("dimgray", "saddlebrown", "darkgreen", "purple")
-BASELINE_STYLES = ("--", ":", (0, (5, 2, 1, 2)), (0, (1, 1)))
+BASELINE_COLOURS = ("dimgray", "saddlebrown", "darkgreen", "purple", "darkorange")
+BASELINE_STYLES = ("--", ":", (0, (5, 2, 1, 2)), (0, (1, 1)), (0, (6, 2)))
 
 
 def _pyplot() -> Any:

@@ -141,6 +141,7 @@ def plot_suite(entries: Sequence[Any], floors: dict[str, float], context: dict[s
     tasks = list(dict.fromkeys(e.task for e in entries))
     models = list(dict.fromkeys(e.source for e in entries if e.kind == "model"))
     colour = {name: f"C{index}" for index, name in enumerate(models)}
+    baseline_order = list(dict.fromkeys(e.source for e in entries if e.kind == "baseline"))
     figure, axes = panel_grid(plt, len(tasks))
     for axis, task in zip(axes, tasks):
         chosen = [e for e in entries if e.task == task]
@@ -154,8 +155,8 @@ def plot_suite(entries: Sequence[Any], floors: dict[str, float], context: dict[s
             elif entry.kind == "random_init" and entry.setting == "all":
                 draw_hline(axis, 100 * result.score, f"{entry.source} (best layer)", color=colour.get(owner, "black"),
                            linestyle=(0, (2, 2)), alpha=0.8)
-        baselines = [e for e in chosen if e.kind == "baseline"]
-        for index, entry in enumerate(baselines):
+        for entry in (e for e in chosen if e.kind == "baseline"):
+            index = baseline_order.index(entry.source)  # one style per baseline across the panels
             draw_hline(axis, 100 * entry.result.score, ROW_TITLES.get(entry.source, entry.source),
                        color=BASELINE_COLOURS[index % len(BASELINE_COLOURS)], linestyle=BASELINE_STYLES[index % len(BASELINE_STYLES)])
         floor = floors.get(task, float("nan"))
