@@ -85,3 +85,89 @@ def test_baseline_feature_splits_from_audio_files(tmp_path):
 
     hidden, meta = read_feature_file(written[0])
     assert hidden.shape == (1, 80) and meta["model"] == "mfcc"
+
+
+def test_logmel_stats_are_the_mean_and_std_of_the_mfccs_log_mel():
+    wave = tone(57, harmonics=(1.0, 0.5))
+    stats = baselines.logmel_stats(wave, CFG)
+    assert stats.shape == (1, 2 * CFG.n_mels) and stats.dtype == np.float32
+    bands = baselines.log_mel(wave, CFG)
+    np.testing.assert_allclose(stats[0], np.r_[bands.mean(axis=1), bands.std(axis=1)], rtol=1e-5)
+    # the MFCCs are its DCT (so this baseline is the MFCCs before the cepstral truncation)
+    np.testing.assert_allclose(baselines.mfcc(wave, CFG), baselines.dct_ii_orthonormal(40, 20) @ bands, atol=1e-9)
+    # a tone puts its energy in the mel band of its frequency: higher note, higher loudest band
+    low, high = (int(baselines.logmel_stats(tone(m), CFG)[0, :40].argmax()) for m in (45, 81))
+    assert low < high
+
+
+def click_track(clicks, seconds, sr, rng, floor=1e-3):
+    """Decaying noise bursts at ``clicks`` (s) over a quiet noise floor."""
+    wave = floor * rng.normal(size=int(seconds * sr))
+    for time in clicks:
+        start = int(round(time * sr))
+        wave[start : start + 400] += rng.normal(size=400) * np.exp(-np.arange(400) / 80)
+    return wave.astype(np.float32)
+
+
+@pytest.mark.parametrize("frame_rate", [75.0, 50.0])
+def test_onset_envelope_peaks_at_the_clicks_of_a_click_track(frame_rate):
+    from mertkit.eval.probes import pick_peaks
+
+    rng = np.random.default_rng(3)
+    sample_rate, hop = baselines.onset_grid(frame_rate)
+    assert sample_rate == hop * frame_rate and abs(sample_rate - 22050) < frame_rate
+    clicks = 0.31 + np.arange(8) * 60 / 123  # 123 BPM, off the frame grid
+    wave = click_track(clicks, 4.5, sample_rate, rng)
+    features = baselines.onset_features(wave, sample_rate, hop)
+    cfg = baselines.OnsetConfig()
+    assert features.shape == (1, 1 + wave.size // hop, cfg.width)  # centred frames, frame t at t / frame_rate
+    envelope = features[0, :, 0]
+    assert envelope.mean() == pytest.approx(0.0, abs=1e-5) and envelope.std() == pytest.approx(1.0, rel=1e-4)
+    peaks = pick_peaks((envelope - envelope.min()) / np.ptp(envelope), 0.3)
+    assert len(peaks) == len(clicks)
+    np.testing.assert_array_less(np.abs(peaks - clicks * frame_rate), 1.0)  # within one frame of each click
+    # column 1 + 9 + 2k is the neighbour k + 1 frames later: the same envelope, shifted
+    np.testing.assert_array_equal(features[0, :-1, 1 + cfg.bands + 9], envelope[1:])
+    np.testing.assert_array_equal(features[0, 1:, 1 + cfg.bands], envelope[:-1])
+
+
+def test_onset_grid_refuses_frame_rates_without_a_whole_hop():
+    assert baselines.onset_grid(75.0) == (22050, 294)
+    for bad in (0.0, -75.0, float("nan"), 75.3):
+        with pytest.raises(baselines.FeatureError, match="onset baseline"):
+            baselines.onset_grid(bad)
+
+
+def test_silence_gives_zero_onset_features():
+    features = baselines.onset_features(np.zeros(22050, dtype=np.float32), 22050, 294)
+    assert not features.any()
+
+
+def test_onset_files_peak_pick_to_the_reference_beats(tmp_path):
+    """write_onset_features -> the beat task's feature loader -> probe-free peak picking: a click
+    track on the beats scores F = 1 on test; the clip statistics refuse the beat task."""
+    from mertkit.eval.features import from_safetensors_dir, read_feature_file
+    from mertkit.eval.probes import peak_picking_result
+
+    rng = np.random.default_rng(4)
+    task = TaskSpec("beat", "beat", 1)
+    records = []
+    for index, split in enumerate(["train"] * 2 + ["valid"] * 2 + ["test"] * 2):
+        period = 60 / (90 + 15 * index)
+        beats = 0.2 + np.arange(0, 3.5, period)
+        path = tmp_path / f"{index}.wav"
+        soundfile.write(path, click_track(beats, 4.0, 24000, rng), 24000)
+        (tmp_path / f"{index}.beats.txt").write_text("".join(f"{t:.4f}\n" for t in beats))
+        records.append(Record(path.name, split, None, path, beats_path=tmp_path / f"{index}.beats.txt"))
+    written = baselines.write_onset_features(records, tmp_path / "feats", 75.0)
+    _, meta = read_feature_file(written[0])
+    assert meta["frame_rate"] == "75.0" and meta["model"] == "onset" and meta["sample_rate"] == "22050"
+    data = from_safetensors_dir(tmp_path / "feats", records, task)
+    assert data.frame_rate == 75.0 and data.train.x.shape[1::2] == (1, 81)
+    result = peak_picking_result(task, data, ProbeConfig(layer=0))
+    assert result.score == 1.0 and result.probe.startswith("peak picking (threshold")
+    assert np.isnan(result.best_lr) and result.n_test == 2
+    with pytest.raises(baselines.FeatureError, match="clip-level; task 'beat' is beat"):
+        baselines.baseline_feature_splits(records, task, "logmel")
+    with pytest.raises(baselines.FeatureError, match="frame-level baseline for beat tasks"):
+        baselines.write_baseline_features(records, tmp_path / "x", "onset")

@@ -23,7 +23,7 @@ from mertkit.audio import load_audio  # noqa: E402
 from mertkit.models.checkpoint import load, save_pretrained  # noqa: E402
 from mertkit.cli.evaluate import evaluate  # noqa: E402
 from mertkit.eval import suite_runner  # noqa: E402
-from mertkit.eval.baselines import chroma_stats, load_segment, mfcc_stats  # noqa: E402
+from mertkit.eval.baselines import chroma_stats, load_segment, logmel_stats, mfcc_stats, onset_features  # noqa: E402
 from mertkit.eval.datasets import Record, TaskSpec  # noqa: E402
 from mertkit.eval.features import from_safetensors_dir, read_feature_file  # noqa: E402
 from mertkit.eval.suite_runner import SuiteRunError, SuiteTask, run_suite  # noqa: E402
@@ -65,9 +65,17 @@ def test_every_task_and_baseline_has_a_finite_score(run):
     found = {(r["task"], r["kind"], r["setting"]) for r in payload["results"]}
     for task in TASKS:
         assert {(task, "model", "all"), (task, "model", "weighted")} <= found
-        baselines = {(task, "baseline", "stats")}
-        # Baselines are clip statistics: every clip task has them, the frame-level beat task cannot.
-        assert baselines <= found if task != "beat" else not baselines & found
+        clip, frames = {(task, "baseline", "stats")}, {(task, "baseline", "frames"), (task, "baseline", "peaks")}
+        # Clip statistics serve every clip task; onset strength (probed and peak-picked) serves beat only.
+        assert (clip <= found and not frames & found) if task != "beat" else (frames <= found and not clip & found)
+    sources = {(r["task"], r["source"]) for r in payload["results"] if r["kind"] == "baseline"}
+    assert {source for task, source in sources if task == "beat"} == {"onset", "onset peaks"}
+    assert {source for task, source in sources if task == "pitch"} == {"mfcc", "chroma", "logmel"}
+    onset = next(r for r in payload["results"] if r["source"] == "onset")
+    assert onset["probe"] == "linear" and [run_["seed"] for run_ in onset["runs"]] == [0, 1]  # the beat probe's settings
+    peaks = next(r for r in payload["results"] if r["source"] == "onset peaks")
+    assert peaks["probe"].startswith("peak picking (threshold") and peaks["best_lr"] is None
+    assert payload["null_reasons"]["results[" + str(payload["results"].index(peaks)) + "].best_lr"].startswith("no probe")
     for entry in payload["results"]:
         assert np.isfinite(entry["test_mean"][entry["metric"]]), entry
     sweep = [r for r in payload["results"] if r["setting"] == "all"]
@@ -90,12 +98,17 @@ def test_summary_table_matches_the_json(run):
     assert table.startswith(result.table)
     header = next(line for line in table.splitlines() if line.startswith("| task |"))
     assert "MFCC stats" in header and "chroma stats" in header and "best layer" in header and "weighted" in header
+    assert "log-mel stats" in header and "onset strength (probe)" in header and "onset peaks (no probe)" in header
     rows = {line.split("|")[1].strip(): line for line in result.table.splitlines() if line.startswith("| ")}
     for entry in result.entries:
         mean = 100 * entry.result.score
         std = 100 * entry.result.test_std[entry.result.metric]
-        assert f"{mean:.1f} ± {std:.1f}" in rows[entry.task]
-    assert re.search(r"\| beat \| beat_f \|.*\| n/a \| n/a \|", rows["beat"])
+        one_seed = len(entry.result.runs) == 1  # the probe-free onset peaks
+        assert (f"{mean:.1f} (n=1)" if one_seed else f"{mean:.1f} ± {std:.1f}") in rows[entry.task]
+    # beat: no clip statistics (3 n/a), then the two onset rows; clip tasks: n/a under the onset columns
+    assert re.search(r"\| beat \| beat_f \|.*(\| n/a ){3}\| [0-9.]+ ± [0-9.]+ .*\| [0-9.]+ \(n=1\) .*\| - \|$", rows["beat"])
+    assert re.search(r"\| n/a \| n/a \| [0-9.]+ \|$", rows["pitch"])
+    assert any("onset: log-mel spectral flux" in note and "75 frames/s" in note for note in result.notes)
 
 
 def test_cached_model_features_are_mean_pooled_hidden_states(run):
@@ -134,17 +147,53 @@ def test_tempo_reads_the_frame_cache_as_its_time_mean(run):
 def test_cached_baselines_are_the_clip_statistics(run):
     root, _, _ = run
     record = Record("clips/000001.wav", "train", None, root / "suite" / "key" / "clips" / "000001.wav")
-    for name, compute in (("mfcc", mfcc_stats), ("chroma", chroma_stats)):
+    for name, compute in (("mfcc", mfcc_stats), ("chroma", chroma_stats), ("logmel", logmel_stats)):
         cache = only((root / "out" / "features" / f"baseline-{name}").glob("key-*"))
         hidden, _ = read_feature_file(cache / "clips" / "000001.wav.safetensors")
         np.testing.assert_allclose(hidden, compute(load_segment(record, 22050)), rtol=1e-5, atol=1e-6)
+
+
+def test_onset_baseline_is_on_the_beat_features_frame_grid(run):
+    root, _, result = run
+    clip = "clips/000001.wav"
+    model_file = only((root / "out" / "features" / result.model.cache_key).glob("tempo-*-frames")) / f"{clip}.safetensors"
+    model_hidden, model_meta = read_feature_file(model_file)
+    assert model_meta["frame_rate"] == "75.0"  # 24 kHz / 320
+    cache = only((root / "out" / "features").glob("baseline-onset-75hz/tempo-*"))
+    hidden, meta = read_feature_file(cache / f"{clip}.safetensors")
+    assert meta["frame_rate"] == model_meta["frame_rate"] and meta["pooling"] == "none"
+    record = Record(clip, "train", None, root / "suite" / "tempo" / clip)
+    np.testing.assert_allclose(hidden, onset_features(load_segment(record, 22050), 22050, 294), rtol=1e-5, atol=1e-6)
+    # The same grid (frame t at t / 75 s); the model's conv front end (400-sample receptive field,
+    # 320-sample stride) stops 1 or 2 frames before the onset's centred frames do.
+    assert 1 <= hidden.shape[1] - model_hidden.shape[1] <= 2
+
+
+def test_baseline_files_of_another_version_are_recomputed(run, tmp_path):
+    from safetensors.numpy import save_file
+
+    from mertkit.eval.baselines import FEATURE_VERSION
+
+    root, _, _ = run
+    shutil.copytree(root / "out" / "features" / "baseline-mfcc", tmp_path / "features" / "baseline-mfcc")
+    tasks = suite_runner.load_suite_tasks({"key": root / "suite" / "key"})
+    stale = only((tmp_path / "features" / "baseline-mfcc").glob("key-*")) / "clips" / "000002.wav.safetensors"
+    hidden, meta = read_feature_file(stale)
+    assert meta["baseline_version"] == FEATURE_VERSION
+    save_file({"hidden_states": np.zeros_like(hidden)}, str(stale), metadata={**meta, "baseline_version": "1"})
+    untouched = {str(p): p.stat().st_mtime_ns for p in stale.parent.glob("*.safetensors") if p != stale}
+    suite_runner.write_baselines(tasks, tmp_path, "mfcc", lambda message: None, progress=False)
+    hidden_again, meta_again = read_feature_file(stale)
+    assert meta_again["baseline_version"] == FEATURE_VERSION and np.array_equal(hidden_again, hidden)
+    assert {str(p): p.stat().st_mtime_ns for p in stale.parent.glob("*.safetensors") if p != stale} == untouched
 
 
 def test_rerun_reuses_suite_and_features(run):
     root, model_dir, first = run
     before = feature_files(root / "out")
     suite_before = {str(p): p.stat().st_mtime_ns for p in (root / "suite").rglob("*") if p.is_file()}
-    assert len(before) == CLIPS * (4 + 2 * 4)  # model: 4 folders (tempo once); 2 baselines x 4 clip tasks
+    # model: 4 folders (tempo once); 3 clip baselines x 4 clip tasks; onset on the tempo clips (beat)
+    assert len(before) == CLIPS * (4 + 3 * 4 + 1)
     # Only the weighted probe this time: the point is the cache, and the sweeps cost time.
     second = run_suite(model_dir, root / "suite", root / "out", tasks=TASKS, clips_per_task=CLIPS,
                        layers="weighted", random_init=0, **FAST)
@@ -228,6 +277,21 @@ def test_cli_default_model_says_random_and_prints_the_table(run, tmp_path, monke
     assert bad.exit_code != 0 and "--layers" in bad.stderr
 
 
+def test_cli_baselines_onset_gives_beat_its_rows(run):
+    root, model_dir, _ = run
+    args = ["-m", str(model_dir), "--suite-dir", str(root / "suite"), "--out", str(root / "out"), "--tasks", "beat,tempo",
+            "--baselines", "onset", "--layers", "weighted", "--seeds", "0", "--lrs", "1e-2", "--epochs", "2",
+            "--random-init", "0", "--run-name", "onset-only", "--quiet"]
+    result = CliRunner().invoke(evaluate, args)
+    assert result.exit_code == 0, result.output + result.stderr
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| task |")).split(" | ")
+    assert header[-3:] == ["onset strength (probe)", "onset peaks (no probe)", "floor |"]
+    beat = next(line for line in result.stdout.splitlines() if line.startswith("| beat |")).split(" | ")
+    tempo = next(line for line in result.stdout.splitlines() if line.startswith("| tempo |")).split(" | ")
+    assert re.fullmatch(r"[0-9.]+ \(n=1\) \[.*\]", beat[-3]) and re.fullmatch(r"[0-9.]+ \(n=1\) \[.*\]", beat[-2])
+    assert tempo[-3:-1] == ["n/a", "n/a"]  # onset serves beat only
+
+
 def test_layer_index_out_of_range_is_refused_before_extraction(run, tmp_path):
     root, model_dir, _ = run
     with pytest.raises(SuiteRunError, match=r"layers \[7\] out of range: tiny-mert has hidden states 0\.\.3"):
@@ -275,6 +339,7 @@ def test_cli_quick_sets_small_defaults_but_explicit_options_win(tmp_path, monkey
     assert kwargs["tasks"] == ("pitch", "pitch_class", "instrument", "key", "tempo", "beat")
     assert kwargs["layers"] == ("all", "weighted") and kwargs["random_init"] == 1 and kwargs["seed"] is None
     assert kwargs["probe"] == "mlp" and kwargs["beat_probe"] == "linear"
+    assert kwargs["baselines"] == ("mfcc", "chroma", "logmel", "onset")
     assert result.stdout.strip().endswith("THE TABLE")
 
 

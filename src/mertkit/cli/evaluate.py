@@ -1,6 +1,7 @@
 """``mert eval --model M [--model M2] --suite synth``: render (or reuse) the synthetic suite,
 extract and cache features, probe every task for each model, its random initialisation and the
-MFCC / chroma baselines, and write a report into a new run folder OUT/<timestamp>/
+classic-feature baselines (MFCC / chroma / log-mel statistics on clip tasks, onset strength on
+beat), and write a report into a new run folder OUT/<timestamp>/
 (:mod:`mertkit.eval.suite_report`). The Markdown summary is printed at the end.
 
 Without ``--model`` the offline demo model is used (the model shipped in
@@ -19,6 +20,7 @@ from mertkit.cli.options import (
     BatchSize, CommaList, FiniteFloat, LearningRates, PositiveInt, Seeds, device_option, examples, install_hint, quiet,
     verbosity,
 )
+from mertkit.eval.baselines import BASELINE_SCOPE, DEFAULT_BASELINES
 from mertkit.synth.suite import DEFAULT_CLIPS_PER_TASK, default_clips
 
 QUICK = {"clips": 40, "seeds": (0,), "lrs": (1e-3,), "epochs": 30, "random_init": 1}
@@ -68,7 +70,8 @@ def _parse_baselines(value: str) -> tuple[str, ...]:
 @click.option("--lrs", type=LearningRates, default="1e-4,1e-3,1e-2", show_default=True, help="Probe learning-rate grid.")
 @click.option("--epochs", type=PositiveInt, default=100, show_default=True, help="Maximum probe epochs.")
 @click.option("--patience", type=PositiveInt, default=10, show_default=True, help="Early-stopping patience.")
-@click.option("--baselines", default="mfcc,chroma", show_default=True, help="Baselines to probe too, or 'none'.")
+@click.option("--baselines", default=",".join(DEFAULT_BASELINES), show_default=True,
+              help=f"Baselines to probe too, or 'none'. Each serves its tasks only: {BASELINE_SCOPE}.")
 @click.option("--clips", type=click.IntRange(min=10), default=None,
               help=f"Clips per suite task [default: {DEFAULT_CLIPS_PER_TASK}, pitch {default_clips('pitch')}; "
                    f"--quick: {QUICK['clips']}].")

@@ -6,8 +6,19 @@
 * Chroma statistics: STFT spectral peaks from 27.5 Hz to 4.2 kHz, their frequency refined by
   quadratic interpolation, folded into the 12 equal-tempered pitch classes (A = 440 Hz); each
   frame scaled to a maximum of 1; mean and std over time -> 24 values. Index 0 is C.
+* Log-mel statistics: the MFCCs' log-mel spectrogram (128 bands, dB, 80 dB floor) before the
+  DCT; mean and std over time -> 256 values.
 
-Features have shape [1, D] per clip (one "layer"), i.e. [N, 1, D] once stacked.
+Clip baselines have shape [1, D] per clip (one "layer"), i.e. [N, 1, D] once stacked.
+
+* Onset strength (beat tasks only, :func:`onset_features`): per frame, on the frame grid of the
+  beat task's model features (frame t at t / frame_rate seconds), the half-wave rectified
+  frame-to-frame rise of a 64-band log-mel spectrogram averaged over all bands (the classic
+  onset-strength envelope) and over 8 groups of adjacent bands, each standardised over the
+  clip's frames (the probes do not scale their inputs, and raw flux in dB trains a linear probe
+  slowly), with the 4 frames either side stacked as context -> [1, frames, 81].
+  Its centred frames run to the clip's end, so a MERT model's conv front end (which needs a
+  full receptive field) yields one or two frames fewer of the same grid.
 """
 from __future__ import annotations
 
@@ -81,13 +92,17 @@ def dct_ii_orthonormal(n_input: int, n_output: int) -> np.ndarray:
     return basis
 
 
-def mfcc(wave: np.ndarray, cfg: SpectralConfig = SpectralConfig()) -> np.ndarray:
-    """MFCCs [n_mfcc, frames] of mono audio at ``cfg.sample_rate``."""
+def log_mel(wave: np.ndarray, cfg: SpectralConfig = SpectralConfig()) -> np.ndarray:
+    """[n_mels, frames] mel power in dB, floored ``cfg.top_db`` below the clip's peak."""
     power = power_spectrogram(wave, cfg.n_fft, cfg.hop_length)
     mel = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power
-    log_mel = 10.0 * np.log10(np.maximum(mel, 1e-10))
-    log_mel = np.maximum(log_mel, log_mel.max() - cfg.top_db)
-    return dct_ii_orthonormal(cfg.n_mels, cfg.n_mfcc) @ log_mel
+    decibels = 10.0 * np.log10(np.maximum(mel, 1e-10))
+    return np.maximum(decibels, decibels.max() - cfg.top_db)
+
+
+def mfcc(wave: np.ndarray, cfg: SpectralConfig = SpectralConfig()) -> np.ndarray:
+    """MFCCs [n_mfcc, frames] of mono audio at ``cfg.sample_rate``."""
+    return dct_ii_orthonormal(cfg.n_mels, cfg.n_mfcc) @ log_mel(wave, cfg)
 
 
 def deltas(features: np.ndarray, width: int = 2) -> np.ndarray:
@@ -135,10 +150,94 @@ def chroma_stats(wave: np.ndarray, cfg: SpectralConfig = SpectralConfig()) -> np
     return np.concatenate([pitch_classes.mean(axis=1), pitch_classes.std(axis=1)])[None].astype(np.float32)
 
 
+def logmel_stats(wave: np.ndarray, cfg: SpectralConfig = SpectralConfig()) -> np.ndarray:
+    """[1, 2 * n_mels]: mean and std over time of the log-mel spectrogram (dB)."""
+    bands = log_mel(wave, cfg)
+    return np.concatenate([bands.mean(axis=1), bands.std(axis=1)])[None].astype(np.float32)
+
+
+# Clip-level baselines (every clip task); the frame-level onset baseline is ONSET below.
 BASELINES: dict[str, Callable[[np.ndarray, SpectralConfig], np.ndarray]] = {
     "mfcc": mfcc_stats,
     "chroma": chroma_stats,
+    "logmel": logmel_stats,
 }
+ONSET = "onset"
+# Written into every baseline feature file; the suite's cache recomputes files of another
+# version, so a changed feature definition never reuses stale features.
+FEATURE_VERSION = "2"
+DEFAULT_BASELINES = ("mfcc", "chroma", "logmel", ONSET)
+# Which tasks each baseline serves (the CLI help and the report notes say the same).
+BASELINE_SCOPE = "mfcc, chroma, logmel: clip tasks (pitch, pitch_class, instrument, key, tempo); onset: beat"
+
+
+@dataclass(frozen=True)
+class OnsetConfig:
+    """Onset-strength features. The analysis rate is the one nearest ``nominal_sample_rate``
+    whose hop is a whole number of samples per frame of the beat task's frame rate."""
+
+    nominal_sample_rate: int = 22050
+    n_fft: int = 1024
+    n_mels: int = 64
+    bands: int = 8
+    context: int = 4
+    top_db: float = 80.0
+
+    @property
+    def width(self) -> int:
+        return (1 + self.bands) * (2 * self.context + 1)
+
+
+def onset_grid(frame_rate: float, cfg: OnsetConfig = OnsetConfig()) -> tuple[int, int]:
+    """(analysis sample rate, hop in samples) putting one STFT frame on each beat-task frame."""
+    if not (np.isfinite(frame_rate) and frame_rate > 0):
+        raise FeatureError(f"onset baseline: frame rate must be a positive number, got {frame_rate}")
+    hop = max(1, round(cfg.nominal_sample_rate / frame_rate))
+    rate = hop * frame_rate
+    if abs(rate - round(rate)) > 1e-6:
+        raise FeatureError(f"onset baseline: a frame rate of {frame_rate} Hz has no whole-sample hop near "
+                           f"{cfg.nominal_sample_rate} Hz")
+    return int(round(rate)), hop
+
+
+def onset_strength(wave: np.ndarray, sample_rate: int, hop: int, cfg: OnsetConfig = OnsetConfig()) -> np.ndarray:
+    """[1 + bands, frames]: row 0 the onset-strength envelope (log-mel rise from the previous
+    frame, negative changes set to 0, averaged over the mel bands), rows 1.. the same averaged
+    within ``bands`` groups of adjacent mel bands (low to high). Frame t is centred at t * hop.
+
+    A sound raises the log-mel of the first frame whose window reaches it: half a window minus,
+    on average, half a hop before the frame centred on it. The envelope is delayed by that
+    many frames, n_fft / (2 hop) - 1/2 rounded, to put the rise on the frame of the onset.
+    """
+    if cfg.n_mels % cfg.bands:
+        raise FeatureError(f"onset baseline: {cfg.n_mels} mel bands do not split into {cfg.bands} groups")
+    spectral = SpectralConfig(sample_rate=sample_rate, n_fft=cfg.n_fft, hop_length=hop, n_mels=cfg.n_mels, top_db=cfg.top_db)
+    decibels = log_mel(wave, spectral)
+    rise = np.maximum(0.0, np.diff(decibels, axis=1))  # column j: from frame j to j + 1
+    groups = rise.reshape(cfg.bands, cfg.n_mels // cfg.bands, -1).mean(axis=1)
+    rows = np.concatenate([rise.mean(axis=0, keepdims=True), groups])
+    frames = decibels.shape[1]
+    first = 1 + max(0, round(cfg.n_fft / (2 * hop) - 0.5))
+    strength = np.zeros((rows.shape[0], frames))
+    if first < frames:
+        strength[:, first:] = rows[:, : frames - first]
+    return strength
+
+
+def onset_features(wave: np.ndarray, sample_rate: int, hop: int, cfg: OnsetConfig = OnsetConfig()) -> np.ndarray:
+    """[1, frames, cfg.width]: each row of :func:`onset_strength` standardised over the clip's
+    frames (zero mean, unit variance; a constant row becomes 0), with its ``context`` frames
+    either side stacked (0, the mean, past the ends). Column 0 is the frame's own envelope
+    value, then its band values, then the neighbours in the order -1, +1, -2, +2, ..."""
+    strength = onset_strength(wave, sample_rate, hop, cfg)
+    spread = strength.std(axis=1, keepdims=True)
+    strength = np.divide(strength - strength.mean(axis=1, keepdims=True), spread,
+                         out=np.zeros_like(strength), where=spread > 0)
+    frames = strength.shape[1]
+    padded = np.pad(strength, ((0, 0), (cfg.context, cfg.context)))
+    offsets = [0] + [sign * step for step in range(1, cfg.context + 1) for sign in (-1, 1)]
+    stacked = [padded[:, cfg.context + offset : cfg.context + offset + frames] for offset in offsets]
+    return np.concatenate(stacked).T[None].astype(np.float32)
 
 
 def load_segment(record: Record, sample_rate: int) -> np.ndarray:
@@ -165,10 +264,10 @@ def baseline_feature_splits(
     load: Callable[[Record, int], np.ndarray] = load_segment,
 ) -> FeatureSplits:
     """Compute a baseline's [N, 1, D] features for clip-level ``records`` (wav/flac/ogg via soundfile)."""
-    if baseline not in BASELINES:
-        raise FeatureError(f"unknown baseline {baseline!r}; choose from {sorted(BASELINES)}")
+    _check_clip_baseline(baseline)
     if task.kind in ("frame", "beat"):
-        raise FeatureError(f"baselines are clip-level; task {task.name!r} is {task.kind}")
+        raise FeatureError(f"{baseline} statistics are clip-level; task {task.name!r} is {task.kind} "
+                           f"(the {ONSET!r} baseline serves beat tasks)")
     compute = BASELINES[baseline]
     splits = {}
     for split in SPLITS:
@@ -184,16 +283,41 @@ def write_baseline_features(
     records: Sequence[Record], out_dir: str | Path, baseline: str, cfg: SpectralConfig = SpectralConfig()
 ) -> list[Path]:
     """Write ``<out_dir>/<path>.safetensors`` like ``mert extract``, so ``mert probe`` can read them."""
-    from safetensors.numpy import save_file
-
-    if baseline not in BASELINES:
-        raise FeatureError(f"unknown baseline {baseline!r}; choose from {sorted(BASELINES)}")
+    _check_clip_baseline(baseline)
     written = []
     for record in records:
-        target = Path(out_dir) / f"{record.path}.safetensors"
-        target.parent.mkdir(parents=True, exist_ok=True)
         features = BASELINES[baseline](load_segment(record, cfg.sample_rate), cfg)
-        metadata = {"model": baseline, "sample_rate": str(cfg.sample_rate), "layers": "1", "pooling": "stats", "source": str(record.audio_path)}
-        save_file({"hidden_states": np.ascontiguousarray(features)}, str(target), metadata=metadata)
-        written.append(target)
+        metadata = {"model": baseline, "sample_rate": str(cfg.sample_rate), "layers": "1", "pooling": "stats",
+                    "source": str(record.audio_path), "baseline_version": FEATURE_VERSION}
+        written.append(_save_features(Path(out_dir) / f"{record.path}.safetensors", features, metadata))
     return written
+
+
+def write_onset_features(
+    records: Sequence[Record], out_dir: str | Path, frame_rate: float, cfg: OnsetConfig = OnsetConfig()
+) -> list[Path]:
+    """Write unpooled ``[1, frames, D]`` onset features like ``mert extract --pool none`` at
+    ``frame_rate`` (the beat task's model features' rate), so beat targets land on the same grid."""
+    sample_rate, hop = onset_grid(frame_rate, cfg)
+    written = []
+    for record in records:
+        features = onset_features(load_segment(record, sample_rate), sample_rate, hop, cfg)
+        metadata = {"model": ONSET, "sample_rate": str(sample_rate), "frame_rate": repr(float(frame_rate)), "layers": "1",
+                    "pooling": "none", "source": str(record.audio_path), "baseline_version": FEATURE_VERSION}
+        written.append(_save_features(Path(out_dir) / f"{record.path}.safetensors", features, metadata))
+    return written
+
+
+def _save_features(target: Path, features: np.ndarray, metadata: dict[str, str]) -> Path:
+    from safetensors.numpy import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"hidden_states": np.ascontiguousarray(features)}, str(target), metadata=metadata)
+    return target
+
+
+def _check_clip_baseline(baseline: str) -> None:
+    if baseline == ONSET:
+        raise FeatureError(f"{ONSET!r} is a frame-level baseline for beat tasks: use write_onset_features")
+    if baseline not in BASELINES:
+        raise FeatureError(f"unknown baseline {baseline!r}; choose from {sorted([*BASELINES, ONSET])}")

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -49,10 +49,14 @@ from mertkit.eval.features import FeatureSplits, SplitData
 
 __all__ = [
     "ProbeConfig", "ProbeResult", "SeedRun", "TaskSpec", "TrainedProbe", "FeatureSplits", "run_probe", "count_fits",
-    "pool_results", "ProbeError",
+    "pool_results", "ProbeError", "peak_picking_result",
 ]
 
 LayerChoice = int | Literal["all", "weighted", "conv1d"]
+
+
+# Thresholds :func:`peak_picking_result` chooses from (the activation peaks at 1 in each clip).
+PEAK_THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(1, 20))
 
 
 class ProbeError(ValueError):
@@ -466,6 +470,40 @@ def _beat_scores(probabilities: np.ndarray, split: SplitData, data: FeatureSplit
     if not references:
         raise metrics.MetricError("beat_f_measure: no tracks to score")
     return [metrics.beat_f_measure(r, e, cfg.beat_tolerance, cfg.beat_trim) for r, e in zip(references, estimates)]
+
+
+def peak_picking_result(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig,
+                        thresholds: Sequence[float] = PEAK_THRESHOLDS) -> ProbeResult:
+    """A beat score with no probe: the beat decoder run straight on feature column 0 of the one
+    layer (e.g. an onset-strength envelope) scaled to [0, 1] within each clip, at the threshold
+    with the best validation F-measure (ties: the lowest), scored on test like a probe's output."""
+    if task.kind != "beat":
+        raise ProbeError(f"peak picking scores beat tasks; task {task.name!r} is {task.kind}")
+    if not thresholds:
+        raise ProbeError("peak picking needs at least one threshold")
+    _check_inputs(task, data, replace(cfg, layer=0))
+    activation = {name: _unit_range(data.split(name)) for name in ("valid", "test")}
+    valid = {t: _beat_score(activation["valid"], data.valid, data, replace(cfg, beat_threshold=t)) for t in thresholds}
+    best = max(thresholds, key=lambda t: valid[t])
+    per_track = np.array(_beat_scores(activation["test"], data.test, data, replace(cfg, beat_threshold=best)))
+    test = {task.metric: float(per_track.mean())}
+    result = ProbeResult(
+        task=task.name, metric=task.metric, probe=f"peak picking (threshold {best:g}, chosen on valid)", layer=0,
+        best_lr=math.nan, valid_mean=valid[best], test_mean=test, test_std={task.metric: 0.0},
+        runs=[SeedRun(seed=0, lr=math.nan, valid_score=valid[best], test_scores=test, epochs=0)],
+        valid_by_lr={},
+    )
+    return _with_uncertainty(task, [_TestItems(len(per_track), lambda index: float(per_track[index].mean()))], result)
+
+
+def _unit_range(split: SplitData) -> np.ndarray:
+    """Feature column 0 of layer 0, min-max scaled over each clip's frames (padding excluded)."""
+    activation = split.x[:, 0, :, 0].astype(np.float64)
+    for row, values in enumerate(activation):
+        valid = split.y[row] != metrics.IGNORE_INDEX
+        low, high = values[valid].min(), values[valid].max()
+        values[:] = (values - low) / (high - low) if high > low else 0.0
+    return activation
 
 
 def pick_peaks(activation: np.ndarray, threshold: float) -> np.ndarray:

@@ -104,8 +104,8 @@ def plot_layers(results: Sequence[ProbeResult], path: str | Path, model: str = "
     return Path(path)
 
 
-BASELINE_COLOURS = ("dimgray", "saddlebrown", "darkgreen", "purple")
-BASELINE_STYLES = ("--", ":", (0, (5, 2, 1, 2)), (0, (1, 1)))
+BASELINE_COLOURS = ("dimgray", "saddlebrown", "darkgreen", "purple", "darkorange")
+BASELINE_STYLES = ("--", ":", (0, (5, 2, 1, 2)), (0, (1, 1)), (0, (6, 2)))
 
 
 def _pyplot() -> Any:
@@ -266,7 +266,7 @@ def write_report(results: Sequence[ProbeResult], out_dir: str | Path, model: str
 
 def _row(result: ProbeResult, model: str, layer: str) -> str:
     cells: list[Any] = [result.task, model or "-", result.probe, layer, result.metric, format_score(result),
-                        f"{100 * result.valid_mean:.1f}", f"{result.best_lr:g}"]
+                        f"{100 * result.valid_mean:.1f}", f"{result.best_lr:g}" if math.isfinite(result.best_lr) else "-"]
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 

@@ -3,11 +3,12 @@
 * ``results.json``: the run's context (models, suite, probe settings, seeds) and every result
   (strict JSON: nulls with ``null_reasons``).
 * ``results.md``: a task x row summary (each model's best layer and other settings, its
-  random-init row, MFCC, chroma, the no-audio floor): mean ± std over seeds (``n=1`` for one
+  random-init row, the baselines where they apply (MFCC, chroma, log-mel on clip tasks; onset
+  strength, probed and peak-picked, on beat), the no-audio floor): mean ± std over seeds (``n=1`` for one
   seed), the 95 % bootstrap interval over test clips in brackets, the chosen layer; then the
   per-layer tables.
 * ``layers.png``: per task, each model's score per layer with its interval band and its chosen
-  layer starred; random init, MFCC, chroma and the floor as horizontal lines.
+  layer starred; random init, the baselines and the floor as horizontal lines.
 * ``heatmap.png``: task x layer, one panel per model (and its random init), colour scaled
   within each task, the chosen layer boxed.
 * ``weights.png``: the weighted probe's learned layer weights per task (when it ran).
@@ -39,15 +40,18 @@ from mertkit.eval.report import (
     plot_layer_weights,
 )
 
-from mertkit.eval.suite_runner import BASELINE_TITLES
+from mertkit.eval.suite_runner import ROW_TITLES
+
 FLOOR_REASONS = {"beat": "no audio-free predictor exists for beat tracking"}
+# Keys that are NaN only in rows with no trained probe (the onset envelope's peak picking).
+NO_PROBE_REASONS = {"best_lr": "no probe trained (peak picking)", "lr": "no probe trained (peak picking)"}
 
 
 def write_suite_report(entries: Sequence[Any], floors: dict[str, float], context: dict[str, Any],
                        out_dir: Path) -> tuple[dict[str, Path], str]:
     """Write the report files (see the module docstring) into ``out_dir``; (paths, summary table)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    reasons = {f"floors.{task}": reason for task, reason in FLOOR_REASONS.items()}
+    reasons = {**NO_PROBE_REASONS, **{f"floors.{task}": reason for task, reason in FLOOR_REASONS.items()}}
     payload = {**context, "floors": floors, "results": [entry.to_dict() for entry in entries]}
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md"}
     paths["json"].write_text(json_text(payload, reasons))
@@ -73,7 +77,7 @@ def _first_model(entries: Sequence[Any]) -> str:
 
 
 def _title(entry: Any) -> str:
-    return BASELINE_TITLES.get(entry.source, entry.source) if entry.kind == "baseline" else entry.source
+    return ROW_TITLES.get(entry.source, entry.source) if entry.kind == "baseline" else entry.source
 
 
 def summary_table(entries: Sequence[Any], floors: dict[str, float], context: dict[str, Any]) -> str:
@@ -113,7 +117,7 @@ def summary_table(entries: Sequence[Any], floors: dict[str, float], context: dic
 def _column_title(column: tuple[str, str, str]) -> str:
     source, kind, setting = column
     if kind == "baseline":
-        return BASELINE_TITLES.get(source, source)
+        return ROW_TITLES.get(source, source)
     if setting == "all":
         return f"{source}: best layer"
     return f"{source}: {setting}" if not setting.isdigit() else f"{source}: layer {setting}"
@@ -137,6 +141,7 @@ def plot_suite(entries: Sequence[Any], floors: dict[str, float], context: dict[s
     tasks = list(dict.fromkeys(e.task for e in entries))
     models = list(dict.fromkeys(e.source for e in entries if e.kind == "model"))
     colour = {name: f"C{index}" for index, name in enumerate(models)}
+    baseline_order = list(dict.fromkeys(e.source for e in entries if e.kind == "baseline"))
     figure, axes = panel_grid(plt, len(tasks))
     for axis, task in zip(axes, tasks):
         chosen = [e for e in entries if e.task == task]
@@ -150,9 +155,9 @@ def plot_suite(entries: Sequence[Any], floors: dict[str, float], context: dict[s
             elif entry.kind == "random_init" and entry.setting == "all":
                 draw_hline(axis, 100 * result.score, f"{entry.source} (best layer)", color=colour.get(owner, "black"),
                            linestyle=(0, (2, 2)), alpha=0.8)
-        baselines = [e for e in chosen if e.kind == "baseline"]
-        for index, entry in enumerate(baselines):
-            draw_hline(axis, 100 * entry.result.score, BASELINE_TITLES.get(entry.source, entry.source),
+        for entry in (e for e in chosen if e.kind == "baseline"):
+            index = baseline_order.index(entry.source)  # one style per baseline across the panels
+            draw_hline(axis, 100 * entry.result.score, ROW_TITLES.get(entry.source, entry.source),
                        color=BASELINE_COLOURS[index % len(BASELINE_COLOURS)], linestyle=BASELINE_STYLES[index % len(BASELINE_STYLES)])
         floor = floors.get(task, float("nan"))
         if not np.isnan(floor):

@@ -19,12 +19,17 @@ Steps, each cached so that a rerun redoes only what is missing:
    needs frames: its folder is extracted unpooled (``<folder key>-frames``), and the tempo
    regression time-averages those frames (the same vector as mean pooling), so that audio
    runs once. ``run_extract`` skips files already done.
-3. Baseline features. ``out_dir/features/baseline-<name>/<folder key>/``: MFCC and chroma
-   statistics (:mod:`mertkit.eval.baselines`), computed only for files missing or unreadable.
+3. Baseline features (:mod:`mertkit.eval.baselines`), computed only for files missing or
+   unreadable: MFCC, chroma and log-mel statistics of every clip task in
+   ``out_dir/features/baseline-<name>/<folder key>/``; onset strength of the beat task, unpooled
+   at the frame rate of the first model's beat features (the grid its beat targets use), in
+   ``out_dir/features/baseline-onset-<rate>hz/<folder key>/``.
 4. Probes (:func:`mertkit.eval.probes.run_probe`) on every task: for the model each layer
    setting asked for (default: the sweep ``"all"``, reported at its best-validation layer, and
-   ``"weighted"``); for each baseline its single "layer". A majority-class (or train-mean)
-   predictor is scored too, as the floor.
+   ``"weighted"``); for each baseline its single "layer", with the probe settings of the task
+   (beat: the beat probe). The onset baseline also gets a probe-free row: peaks picked straight
+   from its envelope (:func:`mertkit.eval.probes.peak_picking_result`). A majority-class (or
+   train-mean) predictor is scored too, as the floor.
 5. Report, in a new run folder ``out_dir/<YYYYmmdd-HHMMSS>/`` (an existing folder is never
    overwritten unless ``overwrite``): see :mod:`mertkit.eval.suite_report`.
 
@@ -35,7 +40,7 @@ Synthetic task folders -> probe tasks:
   features, R².
 * ``beat`` (from the ``tempo`` folder): per-frame beat activation on unpooled features, beat
   F-measure at the suite's 70 ms tolerance with the probes' peak-picking decoder (not
-  madmom's DBN). Model only: the baselines are clip statistics with no time axis.
+  madmom's DBN). Its baseline is onset strength; the clip statistics have no time axis.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from mertkit.eval.baselines import BASELINE_SCOPE, DEFAULT_BASELINES, FEATURE_VERSION, ONSET
 from mertkit.eval.datasets import DatasetError, Record, TaskSpec, encode_labels, read_manifest
 from mertkit.eval.features import FeatureError, FeatureSplits, from_safetensors_dir, read_feature_file
 from mertkit.eval.metrics import MetricError
@@ -59,6 +65,7 @@ from mertkit.eval.probes import ProbeConfig, ProbeError, ProbeResult, run_probe
 
 __all__ = [
     "BASELINE_TITLES",
+    "DEFAULT_BASELINES",
     "DEFAULT_TASKS",
     "PROBE_TASKS",
     "ModelInfo",
@@ -77,7 +84,10 @@ PROBE_TASKS: dict[str, str] = {"pitch": "pitch", "pitch_class": "pitch_class", "
 DEFAULT_TASKS = ("pitch", "pitch_class", "instrument", "key", "tempo", "beat")
 DEFAULT_RANDOM_INIT = 3
 BEAT_NOT_RUN = "beat tracking not run (not among the tasks); tempo is scored as BPM regression only"
-BASELINE_TITLES = {"mfcc": "MFCC stats", "chroma": "chroma stats"}
+BASELINE_TITLES = {"mfcc": "MFCC stats", "chroma": "chroma stats", "logmel": "log-mel stats", "onset": "onset strength"}
+ONSET_PEAKS = "onset peaks"  # the onset baseline's probe-free row
+# Report column titles of every baseline row.
+ROW_TITLES = {**BASELINE_TITLES, "onset": "onset strength (probe)", ONSET_PEAKS: "onset peaks (no probe)"}
 Log = Callable[[str], None]
 
 
@@ -198,7 +208,7 @@ def run_suite(
     lrs: Sequence[float] = (1e-4, 1e-3, 1e-2),
     max_epochs: int = 100,
     patience: int = 10,
-    baselines: Sequence[str] = ("mfcc", "chroma"),
+    baselines: Sequence[str] = DEFAULT_BASELINES,
     seed: int | None = None,
     clips_per_task: int | None = None,
     window: float | None = 0.0,
@@ -246,12 +256,13 @@ def run_suite(
         del model  # the probes do not need it; free its memory
     loaded = [(None, info) for _, info in loaded]
     log(f"stage 2/{stages}: baselines ({time.perf_counter() - started:.0f} s so far)")
-    baseline_dirs = {name: write_baselines(suite_tasks, out_dir, name, log, progress) for name in baselines}
+    frame_rate = beat_frame_rate(suite_tasks, sources[0][2]) if ONSET in baselines else None
+    baseline_dirs = {name: write_baselines(suite_tasks, out_dir, name, log, progress, frame_rate) for name in baselines}
     log(f"stage 3/{stages}: probes ({time.perf_counter() - started:.0f} s so far)")
     entries = run_probes(suite_tasks, sources, baseline_dirs, settings, log, progress, loaded[0][1].num_hidden_states)
     floors = {task.name: floor_score(task) for task in suite_tasks}
     infos = [info for _, info in loaded]
-    notes = _notes(infos, suite_tasks, wanted, settings, random_init)
+    notes = _notes(infos, suite_tasks, wanted, settings, random_init, baselines, frame_rate)
     seconds = time.perf_counter() - started
     context = _report_context(infos, suite_tasks, wanted, settings, baselines, window, seconds, notes, random_init)
     paths, table = write_suite_report(entries, floors, context, run_dir)
@@ -528,19 +539,41 @@ def extract_model_features(
 # ----------------------------------------------------------------------------- baselines
 
 
+def beat_frame_rate(tasks: Sequence[SuiteTask], model_dirs: dict[str, Path]) -> float | None:
+    """The frame rate of the beat task's cached model features (the grid its beat targets are
+    built on), read from one file's metadata; None without a beat task."""
+    task = next((task for task in tasks if task.name == "beat"), None)
+    if task is None:
+        return None
+    path = model_dirs[task.name] / f"{task.records[0].path}.safetensors"
+    try:
+        _, meta = read_feature_file(path)
+        return float(meta["frame_rate"])
+    except (FeatureError, KeyError, ValueError) as error:
+        raise SuiteRunError(f"{path}: cannot read the beat features' frame rate ({error!r})") from error
+
+
 def write_baselines(tasks: Sequence[SuiteTask], out_dir: Path, baseline: str, log: Log,
-                    progress: bool | None = None) -> dict[str, Path]:
-    """{clip task: folder of ``<path>.safetensors`` baseline features}, computing only what is missing."""
-    from mertkit.eval.baselines import write_baseline_features
+                    progress: bool | None = None, frame_rate: float | None = None) -> dict[str, Path]:
+    """{task: folder of ``<path>.safetensors`` baseline features}, computing only what is missing:
+    clip statistics for the clip tasks, onset strength at ``frame_rate`` for the beat task."""
+    from mertkit.eval.baselines import write_baseline_features, write_onset_features
     from mertkit.progress import Progress
 
+    onset = baseline == ONSET
+    if onset and not any(task.frame_level for task in tasks):
+        return {}
+    if onset and frame_rate is None:
+        raise SuiteRunError("the onset baseline needs the beat features' frame rate")
+    folder = f"baseline-{baseline}-{frame_rate:g}hz" if onset else f"baseline-{baseline}"
     dirs: dict[str, Path] = {}
     todo: dict[str, list[Record]] = {}
     for task in tasks:
-        if task.frame_level:
+        if task.frame_level != onset:
             continue
-        dirs[task.name] = out_dir / "features" / f"baseline-{baseline}" / task.cache_name
-        todo[task.name] = [record for record in task.records if not _baseline_cached(dirs[task.name], record, baseline)]
+        dirs[task.name] = out_dir / "features" / folder / task.cache_name
+        todo[task.name] = [record for record in task.records
+                           if not _baseline_cached(dirs[task.name], record, baseline, frame_rate if onset else None)]
     total = sum(len(records) for records in todo.values())
     if not total:
         return dirs
@@ -551,14 +584,17 @@ def write_baselines(tasks: Sequence[SuiteTask], out_dir: Path, baseline: str, lo
             log(f"{baseline} features of {task.folder.name!r}: {len(todo[task.name])} clips -> {dirs[task.name]}")
             for record in todo[task.name]:
                 try:
-                    write_baseline_features([record], dirs[task.name], baseline)
+                    if onset:
+                        write_onset_features([record], dirs[task.name], frame_rate)
+                    else:
+                        write_baseline_features([record], dirs[task.name], baseline)
                 except FeatureError as error:
                     raise SuiteRunError(f"{task.folder}: {baseline} baseline failed ({error})") from error
                 bar.update(1)
     return dirs
 
 
-def _baseline_cached(cache: Path, record: Record, baseline: str) -> bool:
+def _baseline_cached(cache: Path, record: Record, baseline: str, frame_rate: float | None = None) -> bool:
     path = cache / f"{record.path}.safetensors"
     if not path.is_file():
         return False
@@ -567,7 +603,8 @@ def _baseline_cached(cache: Path, record: Record, baseline: str) -> bool:
     except FeatureError:
         return False  # a file cut short by an interrupted run: recompute it
     # The folder key already pins the audio bytes; the source path may differ (a moved folder).
-    return meta.get("model") == baseline
+    return (meta.get("model") == baseline and meta.get("baseline_version") == FEATURE_VERSION
+            and (frame_rate is None or meta.get("frame_rate") == repr(float(frame_rate))))
 
 
 # ----------------------------------------------------------------------------- probes
@@ -609,6 +646,8 @@ def run_probes(
                 if task.name in dirs:
                     data = _features(dirs[task.name], task)
                     entries.append(_probe(task, data, baseline, "baseline", 0, settings, log, bar))
+                    if baseline == ONSET:
+                        entries.append(_peak_picking(task, data, settings, log))
     return entries
 
 
@@ -631,10 +670,22 @@ def _probe(task: SuiteTask, data: FeatureSplits, source: str, kind: str, layer: 
         raise SuiteRunError(
             f"task {task.name!r} ({task.folder}): cannot score a split of {sizes} ({error}); build the suite with more clips"
         ) from error
-    setting = "stats" if kind == "baseline" else str(layer)
+    setting = ("frames" if task.frame_level else "stats") if kind == "baseline" else str(layer)
     log(f"probe {task.name} / {source} / {setting}: {task.spec.metric} = {100 * result.score:.1f} "
         f"({time.perf_counter() - started:.0f} s)")
     return ProbeEntry(task.name, source, setting, result, kind)
+
+
+def _peak_picking(task: SuiteTask, data: FeatureSplits, settings: ProbeSettings, log: Log) -> ProbeEntry:
+    """The onset baseline's probe-free row: its envelope (feature column 0) peak-picked directly."""
+    from mertkit.eval.probes import peak_picking_result
+
+    try:
+        result = peak_picking_result(task.spec, data, settings.config(0, frame_level=True))
+    except (ProbeError, MetricError) as error:
+        raise SuiteRunError(f"task {task.name!r}, onset peak picking: {error}") from error
+    log(f"peak picking {task.name} / onset envelope: {task.spec.metric} = {100 * result.score:.1f} ({result.probe})")
+    return ProbeEntry(task.name, ONSET_PEAKS, "peaks", result, "baseline")
 
 
 def floor_score(task: SuiteTask) -> float:
@@ -657,7 +708,7 @@ def floor_score(task: SuiteTask) -> float:
 
 
 def _notes(infos: Sequence[ModelInfo], tasks: Sequence[SuiteTask], wanted: Sequence[str], settings: ProbeSettings,
-           random_init: int) -> list[str]:
+           random_init: int, baselines: Sequence[str] = (), frame_rate: float | None = None) -> list[str]:
     notes = []
     if "tempo" in wanted and "beat" not in wanted:
         notes.append(BEAT_NOT_RUN)
@@ -671,8 +722,13 @@ def _notes(infos: Sequence[ModelInfo], tasks: Sequence[SuiteTask], wanted: Seque
     if any(task.name == "beat" for task in tasks):
         beat = settings.config(0, frame_level=True)
         notes.append(f"beat: per-frame beat activation, {beat.kind} probe (at most {beat.max_epochs} epochs, patience "
-                     f"{beat.patience}), peak picking (not madmom's DBN), F-measure at 70 ms tolerance; no baseline "
-                     "(MFCC/chroma statistics have no time axis).")
+                     f"{beat.patience}), peak picking (not madmom's DBN), F-measure at 70 ms tolerance.")
+    if baselines:
+        notes.append(f"baselines apply per task ({BASELINE_SCOPE}); n/a where one does not apply.")
+    if ONSET in baselines and frame_rate is not None:
+        notes.append(f"onset: log-mel spectral flux (all bands and 8 band groups, ±4 frames of context) at {frame_rate:g} "
+                     f"frames/s, the grid of {infos[0].name}'s beat features, probed like the models; 'onset peaks': the "
+                     "envelope peak-picked with no probe, threshold chosen on valid.")
     if any(task.name == "tempo" for task in tasks):
         notes.append("tempo: the clip's BPM regressed from time-pooled features (R²).")
     return notes
