@@ -66,3 +66,12 @@ def test_json_round_trip_and_strictness(tmp_path):
 def test_label_rate_must_match_the_frame_rate():
     with pytest.raises(PretrainConfigError, match="label_rate 50"):
         load_config("tiny").with_overrides(["label_rate=50"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("cqt_target=log", "cqt_target must be one of"),
+    ("unmasked_weight=-1", "unmasked_weight must be >= 0"),
+])
+def test_bad_target_settings_are_named(override, message):
+    with pytest.raises(PretrainConfigError, match=message):
+        PretrainConfig().with_overrides([override])

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mertkit.pretrain.mlm_model import Counts, MertPretrainModel, PretrainInputError
+from mertkit.pretrain.mlm_model import Counts, MertPretrainModel, PretrainInputError, log_standardised
 from pretrain_fixtures import tiny_config
 
 
@@ -90,6 +90,31 @@ def test_unmasked_weight_adds_both_terms_on_the_unmasked_frames():
     torch.manual_seed(0)
     recipe = MertPretrainModel(tiny_config()).eval()
     assert not {"ce_unmasked", "cqt_unmasked"} & set(recipe(wave, lengths, labels, mask).sums)
+
+
+def test_log_standardised_cqt_target_is_zero_mean_unit_variance_over_valid_frames():
+    magnitude = (0.5 + torch.rand(2, 12, 5)) * torch.tensor([1.0, 100.0])[:, None, None]  # one loud clip
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[1, 8:] = False
+    target = log_standardised(magnitude, valid)
+    for clip, frames in ((0, 12), (1, 8)):
+        kept = target[clip, :frames]
+        assert abs(float(kept.mean())) < 1e-5 and abs(float(kept.std(unbiased=False)) - 1) < 1e-4
+    # loudness is gone: the same spectra 100x louder give (nearly) the same target
+    louder = log_standardised(magnitude[:1] * 100, valid[:1])
+    assert float((louder - target[:1]).abs().max()) < 1e-3
+
+
+def test_the_model_regresses_the_configured_cqt_target():
+    torch.manual_seed(0)
+    model = MertPretrainModel(tiny_config(cqt_target="log_standardised")).eval()
+    wave, lengths, labels, mask = _inputs(model)
+    out = model(wave, lengths, labels, mask)
+    ref = model.backbone(wave, lengths, mask_time_indices=mask)
+    valid = torch.arange(mask.shape[1])[None] < ref.frame_lengths[:, None]
+    target = log_standardised(model.cqt(wave, num_frames=mask.shape[1]).transpose(1, 2), valid)[mask & valid]
+    predicted = model.cqt_head(ref.last_hidden_state[mask & valid])
+    assert torch.allclose(out.sums["cqt"], (predicted - target).pow(2).mean(-1).sum(), rtol=1e-5)
 
 
 def _grads(mult: float):

@@ -73,6 +73,16 @@ def mixture_settings(cfg: PretrainConfig) -> MixtureSettings:
     )
 
 
+def log_standardised(magnitude: Tensor, valid: Tensor, eps: float = 1e-3) -> Tensor:
+    """log(magnitude + eps) [B, F, bins], standardised per clip over its valid frames and all bins."""
+    logs = torch.log(magnitude + eps)
+    weight = valid[:, :, None].to(logs.dtype).expand_as(logs)
+    count = weight.sum((1, 2), keepdim=True).clamp_min(1)
+    mean = (logs * weight).sum((1, 2), keepdim=True) / count
+    std = (((logs - mean) ** 2 * weight).sum((1, 2), keepdim=True) / count).sqrt().clamp_min(1e-5)
+    return (logs - mean) / std
+
+
 def build_cqt(cfg: PretrainConfig) -> nn.Module:
     from mertkit.pretrain.teachers.cqt import CQT, CQTConfig
 
@@ -151,6 +161,8 @@ class MertPretrainModel(Backbone):
         if mixture_generator is not None and cfg.mixture_prob > 0:
             wave, _ = mix_batch(wave, lengths, mixture_settings(cfg), mixture_generator)
         states, valid, square = self.encode(wave, lengths, mask)
+        if cqt_target is not None and cfg.cqt_target == "log_standardised":
+            cqt_target = log_standardised(cqt_target, valid)
         selected = mask & valid
         targets = labels[:, :, :frames].transpose(1, 2)  # [B, F, K]
         ce, cqt, logits = self._frame_terms(states[-1], selected, targets, cqt_target)

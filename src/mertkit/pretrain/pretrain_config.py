@@ -26,6 +26,7 @@ from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_obje
 PRESET_NAMES = ("tiny", "95m", "330m")
 OBJECTIVES = ("mlm", "data2vec")
 PRECISIONS = ("fp32", "bf16", "fp16")
+CQT_TARGETS = ("magnitude", "log_standardised")
 
 
 class PretrainConfigError(ValueError):
@@ -47,6 +48,10 @@ class PretrainConfig:
     cqt_bins: int = 336
     cqt_fmin: float = 32.7
     cqt_bins_per_octave: int = 48
+    # "magnitude": the recipe's raw CQT magnitude; "log_standardised": log(magnitude + 1e-3),
+    # standardised over each clip's valid frames and bins (loudness-free pitch patterns whose
+    # scale a freshly initialised head already matches: for short CPU budgets)
+    cqt_target: str = "magnitude"
     # ---- masking (span starts with probability mask_prob, HuBERT-style) -------------------
     mask_prob: float = 0.8
     mask_length: int = 5
@@ -139,6 +144,7 @@ class PretrainConfig:
              "need 1 <= mixture_min_samples <= mixture_max_samples"),
             (self.n_codebooks >= 1 and self.codebook_size >= 2 and self.final_dim >= 1, "bad target sizes"),
             (self.logit_temp > 0, "logit_temp must be > 0"),
+            (self.cqt_target in CQT_TARGETS, f"cqt_target must be one of {CQT_TARGETS}, got {self.cqt_target!r}"),
             (self.unmasked_weight >= 0, f"unmasked_weight must be >= 0, got {self.unmasked_weight}"),
             (self.grad_accum >= 1 and self.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
             (0 <= self.warmup_updates <= self.total_updates and self.total_updates >= 1,
