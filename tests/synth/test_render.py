@@ -237,3 +237,30 @@ def test_corpus_pieces_cover_modes_meters_and_programs() -> None:
     assert {m["meter"] for m in metas} == {"4/4", "3/4", "6/8", "5/4"}
     assert {m["key"].split()[1] for m in metas} == {"major", "minor", "dorian", "mixolydian"}
     assert len({p for m in metas for p in m["programs"]}) > 30
+
+
+def _sounding_parts(pm, start: float, stop: float) -> set[str]:
+    return {inst.name for inst in pm.instruments if any(start <= n.start < stop for n in inst.notes)}
+
+
+def test_varied_texture_has_solo_and_duo_sections_and_dense_is_unchanged() -> None:
+    from mertkit.synth.corpus import _random_piece
+
+    # "dense" (the original corpus) is the default
+    dense = [_random_piece(0, i, 20.0) for i in range(12)]
+    assert [m for _, m in dense] == [_random_piece(0, i, 20.0, "dense")[1] for i in range(12)]
+    sparse_sections = 0
+    for i in range(12):
+        pm, _ = _random_piece(0, i, 20.0, "varied")
+        # a solo/duo section has no drums and at most two pitched parts in its first seconds
+        parts = _sounding_parts(pm, 0.0, 2.0)
+        sparse_sections += "drums" not in parts and 1 <= len(parts) <= 2
+    assert 2 <= sparse_sections <= 10
+    dense_sparse = sum("drums" not in _sounding_parts(pm, 0.0, 2.0) and len(_sounding_parts(pm, 0.0, 2.0)) <= 2
+                       for pm, _ in dense)
+    assert dense_sparse < sparse_sections
+
+
+def test_unknown_texture_is_refused(tmp_path) -> None:
+    with pytest.raises(RenderError, match="texture must be one of"):
+        render_corpus(tmp_path, n_clips=1, seconds=1.0, texture="sparse")

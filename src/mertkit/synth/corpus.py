@@ -299,22 +299,40 @@ def _draw_programs(rng: np.random.Generator) -> dict[str, int]:
             "drums": int(rng.choice(DRUM_KITS))}
 
 
-def _section(pretty_midi: Any, parts: dict, rng: np.random.Generator, piece: dict, start: float, stop: float) -> None:
+TEXTURES = ("dense", "varied")
+SPARSE_ROLE_SETS = (("lead",), ("comp",), ("bass",), ("lead", "bass"), ("lead", "comp"), ("comp", "bass"))
+
+
+def _sparse_roles(rng: np.random.Generator, texture: str) -> tuple[str, ...] | None:
+    """"varied": half the sections are a solo or duo of pitched parts (exposed notes, no drums);
+    None: every role plays with its usual probability ("dense", the original corpus)."""
+    if texture == "dense" or rng.random() < 0.5:
+        return None
+    return SPARSE_ROLE_SETS[int(rng.integers(len(SPARSE_ROLE_SETS)))]
+
+
+def _plays(rng: np.random.Generator, probability: float, role: str, roles: tuple[str, ...] | None) -> bool:
+    return rng.random() < probability if roles is None else role in roles
+
+
+def _section(pretty_midi: Any, parts: dict, rng: np.random.Generator, piece: dict, start: float, stop: float,
+             texture: str = "dense") -> None:
     """One section: its own progression, active roles, bass style and dynamic ramp."""
     tonic, mode, beat, meter = piece["tonic"], piece["mode"], piece["beat"], piece["meter"]
     bar = METERS[meter][0] * beat
     chords, times = chord_schedule(rng, mode, start, stop, bar * float(rng.choice([1, 2])) if meter != "4/4" else bar)
     before = {role: len(inst.notes) for role, inst in parts.items()}
-    if rng.random() < 0.85:
+    roles = _sparse_roles(rng, texture)
+    if _plays(rng, 0.85, "comp", roles):
         add_chords(pretty_midi, parts["comp"], rng, tonic, chords, times, stop, low=int(rng.integers(48, 60)))
-    if rng.random() < 0.4:
+    if _plays(rng, 0.4, "pad", roles):
         add_pad(pretty_midi, parts["pad"], rng, tonic, chords, times, stop)
-    if rng.random() < 0.9:
+    if _plays(rng, 0.9, "bass", roles):
         style = str(rng.choice(["roots", "root_fifth", "walking"]))
         add_bass_line(pretty_midi, parts["bass"], rng, tonic, mode, chords, times, stop, beat, style)
-    if rng.random() < 0.75:
+    if _plays(rng, 0.75, "lead", roles):
         add_melody(pretty_midi, parts["lead"], rng, tonic, mode, chords, times, stop, beat)
-    if rng.random() < 0.8:
+    if _plays(rng, 0.8, "drums", roles):
         add_meter_groove(pretty_midi, parts["drums"], rng, meter, start, stop, beat)
     level = float(rng.uniform(0.55, 1.0))
     target = float(np.clip(level * rng.uniform(0.6, 1.5), 0.35, 1.2))
@@ -322,7 +340,7 @@ def _section(pretty_midi: Any, parts: dict, rng: np.random.Generator, piece: dic
         shape_dynamics(inst.notes[before[role]:], start, stop, level, target)
 
 
-def _random_piece(seed: int, index: int, seconds: float) -> tuple[Any, dict[str, Any]]:
+def _random_piece(seed: int, index: int, seconds: float, texture: str = "dense") -> tuple[Any, dict[str, Any]]:
     pretty_midi, _ = require_synth_deps()
     rng = corpus_rng(seed, index)
     tonic = int(rng.integers(12))
@@ -342,7 +360,7 @@ def _random_piece(seed: int, index: int, seconds: float) -> tuple[Any, dict[str,
         if start > 0 and rng.random() < 0.3:  # a new lead instrument for this section
             extra_leads.append(parts["lead"])
             parts["lead"] = pretty_midi.Instrument(program=int(rng.choice(LEAD_PROGRAMS)), name="lead")
-        _section(pretty_midi, parts, rng, piece, start, stop)
+        _section(pretty_midi, parts, rng, piece, start, stop, texture)
         start = stop
     instruments = [inst for inst in [*parts.values(), *extra_leads] if inst.notes]
     pm.instruments.extend(instruments)
@@ -366,7 +384,8 @@ def _wav_complete(path: Path, num_samples: int) -> bool:
     return path.is_file() and path.stat().st_size == 44 + 2 * num_samples and path.with_suffix(".json").is_file()
 
 
-def render_clip(out: Path, seed: int, index: int, seconds: float, sample_rate: int, soundfont: str | None) -> bool:
+def render_clip(out: Path, seed: int, index: int, seconds: float, sample_rate: int, soundfont: str | None,
+                texture: str = "dense") -> bool:
     """Render corpus clip `index` unless it is already there; True when it was rendered."""
     import soundfile
 
@@ -374,7 +393,7 @@ def render_clip(out: Path, seed: int, index: int, seconds: float, sample_rate: i
     num_samples = int(round(seconds * sample_rate))
     if _wav_complete(wav, num_samples):
         return False
-    pm, meta = _random_piece(seed, index, seconds)
+    pm, meta = _random_piece(seed, index, seconds, texture)
     audio = peak_normalise(render_midi(pm, sample_rate, soundfont=soundfont, duration=seconds), meta["level"])
     wav.parent.mkdir(parents=True, exist_ok=True)
     meta.update(path=f"clips/{index:06d}.wav", num_samples=len(audio), sample_rate=sample_rate)
@@ -394,8 +413,8 @@ def clip_count(hours: float | None, n_clips: int | None, seconds: float) -> int:
 
 
 def _render_range(args: tuple) -> int:
-    out, seed, indices, seconds, sample_rate, soundfont = args
-    return sum(render_clip(out, seed, i, seconds, sample_rate, soundfont) for i in indices)
+    out, seed, indices, seconds, sample_rate, soundfont, texture = args
+    return sum(render_clip(out, seed, i, seconds, sample_rate, soundfont, texture) for i in indices)
 
 
 def render_corpus(
@@ -408,19 +427,23 @@ def render_corpus(
     sample_rate: int = 24000,
     soundfont: str | None = None,
     workers: int = 1,
+    texture: str = "dense",
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Render ``n_clips`` pieces (or ``hours`` of them) of ``seconds`` seconds to ``out_dir``.
 
     Finished clips are skipped; ``workers`` > 1 renders in that many processes. Returns the
-    WAV paths; ``progress(done, total)`` is called as clips finish.
+    WAV paths; ``progress(done, total)`` is called as clips finish. ``texture`` "varied" makes
+    half the sections solos or duos of pitched parts (see `_sparse_roles`).
     """
+    if texture not in TEXTURES:
+        raise RenderError(f"texture must be one of {TEXTURES}, got {texture!r}")
     count = clip_count(hours, n_clips, seconds)
     require_synth_deps()
     out = Path(out_dir)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     chunks = [range(i, min(i + 16, count)) for i in range(0, count, 16)]
-    jobs = [(out, seed, chunk, seconds, sample_rate, soundfont) for chunk in chunks]
+    jobs = [(out, seed, chunk, seconds, sample_rate, soundfont, texture) for chunk in chunks]
     done = 0
     if workers > 1:
         import multiprocessing
