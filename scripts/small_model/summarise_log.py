@@ -1,6 +1,9 @@
 """Summarise a pre-training run's log.jsonl into training_summary.json (shipped with the model).
 
-    python scripts/small_model/summarise_log.py RUN_DIR OUT_JSON
+    python scripts/small_model/summarise_log.py RUN_DIR LABEL_DIR OUT_JSON
+
+The recipe line is read from the run's config and the label folder's teacher, so the summary
+says what was trained, not what the script assumes.
 """
 from __future__ import annotations
 
@@ -13,12 +16,28 @@ def mean(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
 
-def main(run: Path, out: Path) -> None:
+def recipe_line(config: dict, teacher: str) -> str:
+    parts = [f"MLM on {config['n_codebooks']} x {config['codebook_size']} codes of the {teacher} teacher "
+             f"(CE weight {config['ce_weight']})"]
+    if config["cqt"]:
+        parts.append(f"CQT reconstruction ({config.get('cqt_target', 'magnitude')}, weight {config['cqt_weight']})")
+    if config.get("unmasked_weight", 0) > 0:
+        parts.append(f"both also on unmasked frames (weight {config['unmasked_weight']})")
+    parts.append(f"in-batch mixture p={config['mixture_prob']}" if config["mixture_prob"] > 0 else "no mixture")
+    return "; ".join(parts)
+
+
+def teacher_name(labels: Path) -> str:
+    first = (labels / "manifest.jsonl").read_text().splitlines()[0]
+    return json.loads(first)["teacher"]
+
+
+def main(run: Path, labels: Path, out: Path) -> None:
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     config = json.loads((run / "config.json").read_text())
     head, tail = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
     summary = {
-        "recipe": "MERT-v1 (MLM on 8 codebooks of a random-projection EnCodec-shaped teacher + CQT, in-batch mixture)",
+        "recipe": recipe_line(config, teacher_name(labels)),
         "updates": rows[-1]["update"],
         # every update reads batch_size x grad_accum crops of at most crop_seconds
         "audio_seconds_seen_at_most": rows[-1]["update"] * config["batch_size"] * config["grad_accum"] * config["crop_seconds"],
@@ -35,4 +54,6 @@ def main(run: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if len(sys.argv) != 4:
+        raise SystemExit("usage: python scripts/small_model/summarise_log.py RUN_DIR LABEL_DIR OUT_JSON")
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The short pre-training runs behind the table "Retrain attempts" in README.md (this folder).
+# Each run is probed with `mert pretrain-diagnose RUN --suite suite --audio AUDIO --labels LABELS`.
+# The runs differ only in the settings shown; the seed (1), the `tiny` preset, batch 8 x 5 s crops,
+# bf16 autocast, one k-means codebook of 500 codes are shared.
+#
+#   bash scripts/small_model/pilots.sh data      # corpus, suite, labels (about 15 CPU minutes)
+#   bash scripts/small_model/pilots.sh NAME      # one run: recipe | unmasked | lr | logcqt | cqt_only | ce01 | varied
+set -euo pipefail
+
+common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
+        --set log_interval=20 --set ckpt_interval=100)
+snapshots=(--set 'snapshot_fractions=[0,0.1,0.25,0.5,0.75,1.0]')
+fast=(--set lr=2e-3 --set unmasked_weight=1.0 --set total_updates=1400 --set warmup_updates=100)
+
+case "${1:-}" in
+  data)
+    mert synth-corpus -o corpus --hours 20 --seed 0 --workers 2
+    mert bench-suite synth -o suite
+    mert labels corpus -o labels --teacher kmeans --features logmel_chroma --codebook-size 500
+    # 2.5 h with solo and duo sections, labelled with the same fitted k-means teacher
+    mert synth-corpus -o corpus_varied --hours 2.5 --seed 1000 --texture varied
+    mert labels corpus_varied -o labels_varied --teacher kmeans --teacher-file labels/teacher.npz ;;
+  recipe)    # the MERT-v1 recipe with the k-means teacher
+    mert pretrain "${common[@]}" "${snapshots[@]}" --audio corpus --labels labels --out recipe \
+      --set total_updates=2200 --set warmup_updates=150 ;;
+  unmasked)  # + CE and CQT on the unmasked frames too
+    mert pretrain "${common[@]}" "${snapshots[@]}" --audio corpus --labels labels --out unmasked \
+      --set total_updates=1800 --set warmup_updates=150 --set unmasked_weight=1.0 ;;
+  lr)        # + learning rate 2e-3 (120 updates)
+    mert pretrain "${common[@]}" --audio corpus --labels labels --out lr --set 'snapshot_fractions=[0,1.0]' \
+      --set total_updates=120 --set warmup_updates=30 --set lr=2e-3 --set unmasked_weight=1.0 ;;
+  logcqt)    # + log-standardised CQT target (120 updates)
+    mert pretrain "${common[@]}" --audio corpus --labels labels --out logcqt --set 'snapshot_fractions=[0,1.0]' \
+      --set total_updates=120 --set warmup_updates=30 --set lr=2e-3 --set unmasked_weight=1.0 \
+      --set cqt_target=log_standardised ;;
+  cqt_only)  # CQT regression alone
+    mert pretrain "${common[@]}" "${snapshots[@]}" "${fast[@]}" --audio corpus --labels labels --out cqt_only \
+      --set cqt_target=log_standardised --set ce_weight=0 ;;
+  ce01)      # CQT + CE at weight 0.1
+    mert pretrain "${common[@]}" "${snapshots[@]}" "${fast[@]}" --audio corpus --labels labels --out ce01 \
+      --set cqt_target=log_standardised --set ce_weight=0.1 ;;
+  varied)    # ce01 on the varied-texture corpus
+    mert pretrain "${common[@]}" "${snapshots[@]}" "${fast[@]}" --audio corpus_varied --labels labels_varied \
+      --out varied --set cqt_target=log_standardised --set ce_weight=0.1 ;;
+  *)
+    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied" >&2
+    exit 2 ;;
+esac
