@@ -224,11 +224,6 @@ def _entropy_bits(y: np.ndarray) -> float:
 # =======================================================================================
 # Gradient shares
 # =======================================================================================
-def loss_terms(model, out, counts) -> dict[str, torch.Tensor]:
-    """The weighted, normalised terms whose sum is `model.total_loss` (one per codebook)."""
-    return model.loss_terms(out, counts)
-
-
 def _flat_grad(term: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
     grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
@@ -253,8 +248,9 @@ def gradient_shares(model, batches: Iterable, cfg) -> dict[str, Any]:
         mixture = torch.Generator().manual_seed(clip_seed(cfg.seed, 0, index, stream=2))
         out = model(batch.wave, batch.lengths, batch.labels, mask, mixture_generator=mixture)
         counts = Counts(int(out.masked_frames), int(out.valid_frames))
-        grads = {name: _flat_grad(term, params) for name, term in loss_terms(model, out, counts).items()}
-        values = {name: term.item() for name, term in loss_terms(model, out, counts).items()}
+        terms = model.loss_terms(out, counts)  # the weighted terms whose sum is the loss
+        grads = {name: _flat_grad(term, params) for name, term in terms.items()}
+        values = {name: term.item() for name, term in terms.items()}
         mlm = sum(g for name, g in grads.items() if name.startswith("ce_"))
         rows = {f"{name}/norm": float(g.norm()) for name, g in grads.items()}
         rows.update({f"{name}/encoder_norm": float(g[in_encoder].norm()) for name, g in grads.items()})

@@ -65,6 +65,10 @@ class Counts:
     masked_frames: int
     valid_frames: int
 
+    @property
+    def unmasked_frames(self) -> int:
+        return self.valid_frames - self.masked_frames
+
 
 def mixture_settings(cfg: PretrainConfig) -> MixtureSettings:
     return MixtureSettings(
@@ -221,7 +225,7 @@ class MertPretrainModel(Backbone):
         """The weighted, normalised terms whose sum is the loss (one CE term per codebook)."""
         cfg = self.config
         masked = max(counts.masked_frames, 1)
-        kept = max(counts.valid_frames - counts.masked_frames, 1)
+        kept = max(counts.unmasked_frames, 1)
         terms = {f"ce_{k}": cfg.ce_weight * value / masked for k, value in enumerate(out.sums["ce"])}
         terms["penalty"] = cfg.penalty_weight * out.sums["penalty"] / max(counts.valid_frames, 1)
         if "cqt" in out.sums:
@@ -242,7 +246,7 @@ class MertPretrainModel(Backbone):
         }
         if "cqt" in sums:
             out["cqt_mse"] = float(sums["cqt"]) / masked
-        kept = max(counts.valid_frames - counts.masked_frames, 1)
+        kept = max(counts.unmasked_frames, 1)
         if "ce_unmasked" in sums:
             out["ce_unmasked"] = [round(float(v) / kept, 6) for v in sums["ce_unmasked"]]
         if "cqt_unmasked" in sums:
