@@ -6,11 +6,18 @@
 #
 #   bash scripts/small_model/pilots.sh data      # corpus, suite, labels (about 15 CPU minutes)
 #   bash scripts/small_model/pilots.sh NAME      # one run: recipe | unmasked | lr | logcqt | cqt_only | ce01 | varied
+#
+# Session 5 runs: the `tiny-wide` preset (one 1280-sample learned filterbank instead of the
+# 7-conv front-end; see README.md), a 6 h varied-texture corpus and its own k-means teacher:
+#   bash scripts/small_model/pilots.sh wide-data # corpus_v, suite, labels_v (about 5 CPU minutes)
+#   bash scripts/small_model/pilots.sh NAME      # wide-recipe | wide-cqt | wide-ce01 | wide-logcqt
 set -euo pipefail
 
 common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
         --set log_interval=20 --set ckpt_interval=100)
 snapshots=(--set 'snapshot_fractions=[0,0.1,0.25,0.5,0.75,1.0]')
+wide=(--config tiny-wide --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
+      --set log_interval=20 --set ckpt_interval=100 --set warmup_updates=50 --audio corpus_v --labels labels_v)
 fast=(--set lr=2e-3 --set unmasked_weight=1.0 --set total_updates=1400 --set warmup_updates=100)
 
 case "${1:-}" in
@@ -43,7 +50,20 @@ case "${1:-}" in
   varied)    # ce01 on the varied-texture corpus
     mert pretrain "${common[@]}" "${snapshots[@]}" "${fast[@]}" --audio corpus_varied --labels labels_varied \
       --out varied --set cqt_target=log_standardised --set ce_weight=0.1 ;;
+  wide-data)
+    mert bench-suite synth -o suite
+    mert synth-corpus -o corpus_v --hours 6 --seed 1000 --texture varied
+    mert labels corpus_v -o labels_v --teacher kmeans --features logmel_chroma --codebook-size 500 ;;
+  wide-recipe)  # the MERT-v1 recipe (CE on masked frames only) on tiny-wide, 300 updates
+    mert pretrain "${wide[@]}" --out wide-recipe --set total_updates=300 --set 'snapshot_fractions=[0,0.5,1.0]' ;;
+  wide-cqt)     # CQT on every frame, no CE, 600 updates
+    mert pretrain "${wide[@]}" --out wide-cqt --set total_updates=600 --set unmasked_weight=1.0 --set ce_weight=0 ;;
+  wide-ce01)    # CQT + CE weight 0.1 on every frame, 600 updates
+    mert pretrain "${wide[@]}" --out wide-ce01 --set total_updates=600 --set unmasked_weight=1.0 --set ce_weight=0.1 ;;
+  wide-logcqt)  # wide-ce01 with the log-standardised CQT target, 1600 updates
+    mert pretrain "${wide[@]}" --out wide-logcqt --set total_updates=1600 --set unmasked_weight=1.0 --set ce_weight=0.1 \
+      --set cqt_target=log_standardised ;;
   *)
-    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied" >&2
+    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt" >&2
     exit 2 ;;
 esac

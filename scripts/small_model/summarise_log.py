@@ -1,9 +1,10 @@
 """Summarise a pre-training run's log.jsonl into training_summary.json (shipped with the model).
 
-    python scripts/small_model/summarise_log.py RUN_DIR LABEL_DIR OUT_JSON
+    python scripts/small_model/summarise_log.py RUN_DIR LABEL_DIR OUT_JSON [RECIPE_SCRIPT]
 
 The recipe line is read from the run's config and the label folder's teacher, so the summary
-says what was trained, not what the script assumes.
+says what was trained, not what the script assumes. With RECIPE_SCRIPT (e.g. retrain.sh) the
+summary also lists the commands that reproduce the model: the script's `mert` / `python` lines.
 """
 from __future__ import annotations
 
@@ -32,7 +33,22 @@ def teacher_name(labels: Path) -> str:
     return json.loads(first)["teacher"]
 
 
-def main(run: Path, labels: Path, out: Path) -> None:
+def reproduce_commands(script: Path) -> list[str]:
+    """The command lines of a shell recipe, continuation lines joined, comments dropped."""
+    commands, pending = [], ""
+    for raw in script.read_text().splitlines():
+        line = raw.split(" #")[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not line and not pending:
+            continue
+        pending = f"{pending} {line.rstrip(chr(92)).strip()}".strip()
+        if not line.endswith("\\"):
+            if pending.startswith(("mert ", "python ")):
+                commands.append(pending)
+            pending = ""
+    return commands
+
+
+def main(run: Path, labels: Path, out: Path, script: Path | None = None) -> None:
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     config = json.loads((run / "config.json").read_text())
     head, tail = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
@@ -49,11 +65,13 @@ def main(run: Path, labels: Path, out: Path) -> None:
         "chance_accuracy": 1 / config["codebook_size"],
         "config": config,
     }
+    if script is not None:
+        summary["reproduce"] = reproduce_commands(script)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        raise SystemExit("usage: python scripts/small_model/summarise_log.py RUN_DIR LABEL_DIR OUT_JSON")
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    if len(sys.argv) not in (4, 5):
+        raise SystemExit("usage: python scripts/small_model/summarise_log.py RUN_DIR LABEL_DIR OUT_JSON [RECIPE_SCRIPT]")
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]) if len(sys.argv) == 5 else None)

@@ -38,6 +38,21 @@ def test_tiny_preset_is_a_few_million_parameters():
     assert 1_000_000 < _params(load_config("tiny")) < 10_000_000
 
 
+def test_tiny_wide_preset_is_tiny_with_one_wide_filterbank():
+    """tiny-wide = tiny, but the 7-conv front-end (a 400-sample, 16.7 ms field) becomes one
+    learned 1280-sample (53 ms) filterbank plus a 1x1 conv: still 75 Hz, still the official layout."""
+    tiny, wide = load_config("tiny"), load_config("tiny-wide")
+    mert = wide.mert_config()
+    assert (mert.conv_kernel, mert.conv_stride, mert.conv_dim) == ((1280, 1), (320, 1), (256, 256))
+    assert mert.frame_rate == tiny.mert_config().frame_rate == 75 and wide.label_rate == 75
+    assert mert.num_frames(5 * 24000) == (5 * 24000 - 1280) // 320 + 1
+    front_end = ("conv_dim", "conv_kernel", "conv_stride", "num_feat_extract_layers")
+    assert {k: v for k, v in wide.model.items() if k not in front_end} == {
+        k: v for k, v in tiny.model.items() if k not in front_end
+    }
+    assert 1_000_000 < _params(wide) < 10_000_000
+
+
 def test_overrides_reach_the_backbone_and_are_typed():
     cfg = load_config("tiny").with_overrides(["model.num_hidden_layers=2", "lr=0.001", "precision=bf16", "cqt=false"])
     assert cfg.mert_config().num_hidden_layers == 2

@@ -208,6 +208,20 @@ def test_corpus_resumes_and_skips_finished_clips(tmp_path) -> None:
     assert not list((tmp_path / "a").rglob(".tmp-*"))
 
 
+def test_corpus_refuses_to_mix_settings_in_one_folder(tmp_path) -> None:
+    folder = tmp_path / "a"
+    render_corpus(folder, n_clips=1, seconds=1.0, seed=1)
+    before = _digest(folder)
+    with pytest.raises(RenderError, match=r"a: holds a corpus rendered with other settings \(seed 1 there, 2 asked\)"):
+        render_corpus(folder, n_clips=2, seconds=1.0, seed=2)
+    with pytest.raises(RenderError, match="texture 'dense' there, 'varied' asked"):
+        render_corpus(folder, n_clips=2, seconds=1.0, seed=1, texture="varied")
+    assert _digest(folder) == before  # nothing was added or rewritten
+    (folder / "corpus.json").unlink()  # clips from an unknown render
+    with pytest.raises(RenderError, match="has clips but no corpus.json"):
+        render_corpus(folder, n_clips=1, seconds=1.0, seed=1)
+
+
 def test_corpus_hours_and_bad_arguments(tmp_path) -> None:
     from mertkit.synth.corpus import clip_count
 

@@ -23,7 +23,7 @@ from typing import Any
 from mertkit.fileio import write_json
 from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_object
 
-PRESET_NAMES = ("tiny", "95m", "330m")
+PRESET_NAMES = ("tiny", "tiny-wide", "95m", "330m")
 OBJECTIVES = ("mlm", "data2vec")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CQT_TARGETS = ("magnitude", "log_standardised")
@@ -217,7 +217,7 @@ class PretrainConfig:
 
 
 def load_config(name_or_path: str | os.PathLike) -> PretrainConfig:
-    """A preset by name (`tiny`, `95m`, `330m`) or a JSON file."""
+    """A preset by name (`tiny`, `tiny-wide`, `95m`, `330m`) or a JSON file."""
     if str(name_or_path) in PRESET_NAMES:
         text = resources.files("mertkit").joinpath("presets", f"{name_or_path}.json").read_text()
         return PretrainConfig.from_dict(json.loads(text), source=f"preset {name_or_path}")

@@ -16,7 +16,9 @@ many clips are asked for, and no clip shares its random stream with the benchmar
 (:mod:`mertkit.synth.suite` draws from ``[seed, task_index, clip_index]`` with task indices
 0-3). Rendering is resumable and parallel-safe: each clip and its metadata are written
 atomically (`mertkit.fileio.atomic_write`), a finished clip is skipped on a rerun, and
-two processes rendering the same clip write the same bytes.
+two processes rendering the same clip write the same bytes. ``corpus.json`` records the
+settings that decide the audio (seed, texture, clip length, rate, SoundFont); a rerun with other
+settings into the same folder is refused rather than mixing two corpora.
 
 The music-theory helpers here (keys, progressions, voicings, grooves) are shared with the
 benchmark suite.
@@ -26,6 +28,7 @@ Layout written by :func:`render_corpus`::
     out_dir/clips/000000.wav ...       the audio
     out_dir/clips/000000.json ...      its metadata (key, mode, meter, tempo, programs)
     out_dir/manifest.csv               path,num_samples,sample_rate,key,meter,tempo_bpm,programs
+    out_dir/corpus.json                the settings the clips were rendered with
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from mertkit.fileio import atomic_write
+from mertkit.fileio import atomic_write, write_json
 from mertkit.synth.render import RenderError, peak_normalise, render_midi, require_synth_deps
 
 __all__ = [
@@ -441,7 +444,11 @@ def render_corpus(
     count = clip_count(hours, n_clips, seconds)
     require_synth_deps()
     out = Path(out_dir)
+    settings = {"seed": seed, "texture": texture, "seconds": seconds, "sample_rate": sample_rate,
+                "soundfont": Path(soundfont).name if soundfont else "bundled"}
+    check_corpus_settings(out, settings)
     (out / "clips").mkdir(parents=True, exist_ok=True)
+    write_json(out / "corpus.json", settings)
     chunks = [range(i, min(i + 16, count)) for i in range(0, count, 16)]
     jobs = [(out, seed, chunk, seconds, sample_rate, soundfont, texture) for chunk in chunks]
     done = 0
@@ -460,6 +467,21 @@ def render_corpus(
             if progress is not None:
                 progress(done, count)
     return write_manifest(out, count)
+
+
+def check_corpus_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to add clips to a folder that holds a corpus rendered with other settings."""
+    recorded = out / "corpus.json"
+    if recorded.is_file():
+        stored = json.loads(recorded.read_text())
+        changed = [f"{key} {stored.get(key)!r} there, {value!r} asked" for key, value in settings.items()
+                   if stored.get(key) != value]
+        if changed:
+            raise RenderError(f"{out}: holds a corpus rendered with other settings ({'; '.join(changed)}); "
+                              "render into another folder")
+    elif any((out / "clips").glob("*.json")):
+        raise RenderError(f"{out}: has clips but no corpus.json saying how they were rendered; "
+                          "render into another folder")
 
 
 def write_manifest(out: Path, count: int) -> list[Path]:
