@@ -116,9 +116,10 @@ class TaggedFileError(ValueError):
     """A torch-saved mertkit file that is missing, unreadable or of another kind (one line)."""
 
 
-def read_tagged_torch(path: str | os.PathLike, fmt: str, what: str) -> dict:
-    """The dict a mertkit writer saved with torch.save and `"format": fmt`, loaded with
-    weights_only=True (no pickled code runs). `what` names the kind of file in errors."""
+def read_tagged_torch(path: str | os.PathLike, fmt: str | tuple[str, ...], what: str) -> dict:
+    """The dict a mertkit writer saved with torch.save and `"format": fmt` (or one of several
+    formats), loaded with weights_only=True (no pickled code runs). `what` names the kind of
+    file in errors."""
     import pickle
 
     import torch
@@ -130,8 +131,9 @@ def read_tagged_torch(path: str | os.PathLike, fmt: str, what: str) -> dict:
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         first_line = str(err).splitlines()[0] if str(err) else ""
         raise TaggedFileError(f"{path}: not a readable {what} ({type(err).__name__}: {first_line})") from err
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise TaggedFileError(f"{path}: not a mertkit {what} (format {fmt})")
+    formats = (fmt,) if isinstance(fmt, str) else fmt
+    if not isinstance(payload, dict) or payload.get("format") not in formats:
+        raise TaggedFileError(f"{path}: not a mertkit {what} (format {' or '.join(formats)})")
     return payload
 
 

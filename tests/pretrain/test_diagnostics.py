@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from click.testing import CliRunner
 
 from mertkit.cli.pretrain_diagnose import pretrain_diagnose
@@ -114,3 +115,21 @@ def test_pretrain_diagnose_without_snapshots_is_one_line(tmp_path):
     (tmp_path / "run").mkdir()
     result = CliRunner().invoke(pretrain_diagnose, [str(tmp_path / "run"), "--suite", str(tmp_path)])
     assert result.exit_code == 1 and "no snapshots" in result.output and "Traceback" not in result.output
+
+
+def test_a_snapshot_exports_like_a_checkpoint(tiny_run, tmp_path):
+    """Any point of the probe curve can be exported and loaded: the snapshot's backbone, exactly."""
+    import mertkit
+    from mertkit.pretrain.export import ExportError, export_checkpoint
+
+    root, _ = tiny_run
+    update, path = snapshot_paths(root / "run")[1]
+    _, model, _ = load_snapshot(path)
+    loaded = mertkit.load(export_checkpoint(path, tmp_path / f"at-{update}", formats=("safetensors",)))
+    wave = torch.randn(1, 16000)
+    with torch.no_grad():
+        expected, got = model.backbone(wave).hidden_states, loaded(wave).hidden_states
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    torch.save({"format": "something-else", "model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ExportError, match="other.pt: not a mertkit pre-training checkpoint or snapshot"):
+        export_checkpoint(tmp_path / "other.pt", tmp_path / "x")

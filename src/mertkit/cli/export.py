@@ -1,4 +1,4 @@
-"""`mert export CKPT -o OUT_DIR`: a pre-training checkpoint (or run folder) to the official layout.
+"""`mert export CKPT -o OUT_DIR`: a pre-training checkpoint, snapshot or run folder to the official layout.
 
 Writes config.json (official field names), preprocessor_config.json, pytorch_model.bin
 (legacy weight_g / weight_v names) and model.safetensors; `mertkit.load(OUT_DIR)` reads it
@@ -15,7 +15,8 @@ from mertkit.cli.options import examples, out_option, verbosity
 __all__ = ["export"]
 
 
-@click.command("export", epilog=examples("mert export run/ -o my-mert/", "mert export run/checkpoints/checkpoint_last.pt -o my-mert/"))
+@click.command("export", epilog=examples("mert export run/ -o my-mert/", "mert export run/checkpoints/checkpoint_last.pt -o my-mert/",
+                                         "mert export run/snapshots/update_00000800.pt -o my-mert-800/"))
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @out_option("Folder for the official layout (config.json, weights).", path_type=Path)
 @click.option("--format", "formats", multiple=True, type=click.Choice(["bin", "safetensors"]),
@@ -24,7 +25,7 @@ __all__ = ["export"]
               help="do_normalize in preprocessor_config.json (MERT-v1 trains on raw audio: off).")
 @verbosity
 def export(checkpoint: Path, out: Path, formats: tuple[str, ...], do_normalize: bool) -> None:
-    """Export CHECKPOINT (a .pt file or a run folder) to the official layout in the --out folder."""
+    """Export CHECKPOINT (a checkpoint or snapshot .pt file, or a run folder) to the official layout in the --out folder."""
     from mertkit.models.checkpoint import CheckpointError
     from mertkit.pretrain.export import ExportError, export_checkpoint
     from mertkit.pretrain.trainer import PretrainError

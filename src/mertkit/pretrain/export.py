@@ -23,12 +23,19 @@ class ExportError(ValueError):
 
 
 def backbone_from_checkpoint(checkpoint_path: str | os.PathLike) -> MertModel:
-    """The inference model held by a training checkpoint (eval mode, float32, CPU)."""
+    """The inference model held by a training checkpoint or a snapshot (`RUN/snapshots/`, a
+    point of the probe curve) in eval mode, float32, CPU."""
+    from mertkit.fileio import TaggedFileError, read_tagged_torch
     from mertkit.models.checkpoint import load_state_dict_strict
-    from mertkit.pretrain.trainer import read_checkpoint
+    from mertkit.pretrain.diagnostics import SNAPSHOT_FORMAT
+    from mertkit.pretrain.trainer import CHECKPOINT_FORMAT
 
     checkpoint_path = resolve_checkpoint(checkpoint_path)
-    payload = read_checkpoint(checkpoint_path)
+    try:
+        payload = read_tagged_torch(checkpoint_path, (CHECKPOINT_FORMAT, SNAPSHOT_FORMAT),
+                                    "pre-training checkpoint or snapshot")
+    except TaggedFileError as err:
+        raise ExportError(str(err)) from err
     cfg = PretrainConfig.from_dict(payload["config"], source=f"{checkpoint_path} config")
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in payload["model"].items() if k.startswith(BACKBONE_PREFIX)}
     if not state:
