@@ -130,7 +130,7 @@ def test_feature_grad_mult_scales_only_the_front_end():
     full, scaled = _grads(1.0), _grads(0.1)
     for name, grad in full.items():
         factor = 0.1 if name.startswith("backbone.feature_extractor.") else 1.0
-        assert torch.allclose(scaled[name], factor * grad, rtol=1e-4, atol=1e-9), name
+        assert torch.allclose(scaled[name], factor * grad, rtol=1e-3, atol=1e-7), name
 
 
 def test_bad_shapes_are_named(model):

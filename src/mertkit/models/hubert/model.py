@@ -215,11 +215,29 @@ class WeightNormConv1d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x [B, C, T] -> [B, C, T + 1 - kernel % 2]."""
+        if self._bf16_cpu_narrow_groups(x):
+            with torch.autocast("cpu", enabled=False):
+                out = F.conv1d(x.float(), self.weight().float(), self.bias.float(), padding=self.padding, groups=self.groups)
+            return out.to(x.dtype)
         return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
 
     def forward_time_major(self, x: Tensor, *, gelu: bool = False) -> Tensor:
         """x [B, T, C] -> [B, T + 1 - kernel % 2, C], optionally followed by GELU."""
+        if self._bf16_cpu_narrow_groups(x):
+            with torch.autocast("cpu", enabled=False):
+                out = conv1d_time_major(x.float(), self.weight().float(), self.bias.float(), padding=self.padding,
+                                        groups=self.groups, gelu=gelu)
+            return out.to(x.dtype)
         return conv1d_time_major(x, self.weight(), self.bias, padding=self.padding, groups=self.groups, gelu=gelu)
+
+    def _bf16_cpu_narrow_groups(self, x: Tensor) -> bool:
+        """bf16 grouped convs with few channels per group come out wrong on AMX CPUs (torch 2.13's
+        oneDNN: cosine 0.13 to fp32 at 8 channels per group; 16 and more are exact): run those in
+        fp32. The released models have 48 or 64 channels per group and keep the bf16 path."""
+        if x.device.type != "cpu" or self.weight_v.shape[1] >= 16:
+            return False
+        autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return x.dtype == torch.bfloat16 or autocast_bf16
 
 
 def fold_weight_norm(g: Tensor, v: Tensor) -> Tensor:
