@@ -22,7 +22,9 @@ WINDOW = 0.5
 # The child slows each window down, says when it is mid-run, and reports finished tracks.
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # a child of a background job inherits SIGINT ignored; a user's terminal run has Python's handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from mertkit.extraction import runner
     from mertkit.extraction.engine import ExtractOptions
 
