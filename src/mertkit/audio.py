@@ -46,6 +46,7 @@ import soundfile as sf
 import soxr
 
 from mertkit import audio_headers as headers
+from mertkit.fileio import raise_pending_signal
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -647,7 +648,20 @@ def _decoded_blocks(
     source: AudioSource, name: str, block_seconds: float, max_duration: float | None
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (sample_rate, float32 (frames, channels) block) over the whole input; raise
-    AudioError for a corrupt, truncated or too long input."""
+    AudioError for a corrupt, truncated or too long input.
+
+    A signal whose exception soundfile's reader callback swallowed (see mertkit.fileio) makes
+    a read come back short: it is raised again here, never reported as the file's fault."""
+    try:
+        yield from _decode(source, name, block_seconds, max_duration)
+    except AudioError:
+        raise_pending_signal()
+        raise
+
+
+def _decode(
+    source: AudioSource, name: str, block_seconds: float, max_duration: float | None
+) -> Iterator[tuple[int, np.ndarray]]:
     _check_max_duration(max_duration)
     with ExitStack() as stack:
         opened = _open_input(source, name, stack)
@@ -659,6 +673,7 @@ def _decoded_blocks(
         decoded, rate = 0, opened.rate
         try:
             for rate, block in blocks:
+                raise_pending_signal()  # a swallowed signal may have cut this read short
                 if decoded == 0 and not opened.rate:
                     _check_source_rate(rate, name)
                 decoded += block.shape[0]
@@ -667,6 +682,7 @@ def _decoded_blocks(
         except _DecodeFailure as err:
             where = f" after {_progress(decoded, opened, rate)} decoded" if decoded else ""
             raise AudioError(f"{name}: corrupt audio data{where} ({err})") from None
+        raise_pending_signal()  # ... or ended the stream early
         if rate:
             _check_complete(opened, decoded, rate)
 

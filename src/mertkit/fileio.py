@@ -13,7 +13,11 @@ every other file alone, including the temps of live runs.
 `terminate_raises()` makes SIGTERM and SIGHUP raise `Terminated` (a SystemExit, exit status
 128 + signal) in the main thread, and SIGINT raise KeyboardInterrupt, for the length of a
 block: `finally` clauses then run and remove temps, where the default action would kill the
-process on the spot.
+process on the spot. A C library's Python callback (soundfile's reader) swallows an exception
+raised inside it ("Exception ignored from cffi callback"): the block keeps such a signal
+(through `sys.unraisablehook`), `raise_pending_signal()` raises it again at a safe point (the
+decoder calls it after every block), and the block raises it on a normal exit, so a run never
+reports success after a signal.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -36,6 +41,7 @@ __all__ = [
     "atomic_write",
     "current_umask",
     "make_temp_dir",
+    "raise_pending_signal",
     "remove_stale_temps",
     "temp_prefix",
     "terminate_raises",
@@ -191,10 +197,38 @@ class Terminated(SystemExit):
     """Raised in the main thread by SIGTERM or SIGHUP inside `terminate_raises()`."""
 
 
+# A signal whose exception a C callback swallowed inside terminate_raises() (see the docstring).
+_pending_signal: int | None = None
+
+
+def _exception_for(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(128 + signum)
+
+
 def _raise_for(signum: int, frame: object) -> None:
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(128 + signum)
+    raise _exception_for(signum)
+
+
+def _keep_swallowed_signal(previous_hook: Callable) -> Callable:
+    """An unraisable hook that keeps our signal exceptions for `raise_pending_signal()`."""
+    def hook(unraisable) -> None:
+        global _pending_signal
+        error = unraisable.exc_value
+        if isinstance(error, Terminated):
+            _pending_signal = int(error.code) - 128
+        elif isinstance(error, KeyboardInterrupt):
+            _pending_signal = signal.SIGINT
+        else:
+            previous_hook(unraisable)
+    return hook
+
+
+def raise_pending_signal() -> None:
+    """Raise once more a signal whose exception a C callback swallowed in this
+    `terminate_raises()` block, if any: call it where that can have happened (after each
+    block soundfile reads)."""
+    if _pending_signal is not None:
+        raise _exception_for(_pending_signal)
 
 
 @contextlib.contextmanager
@@ -206,13 +240,21 @@ def terminate_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _pending_signal
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         current = signal.getsignal(signum)
         if current in (signal.SIG_DFL, signal.default_int_handler):
             previous[signum] = signal.signal(signum, _raise_for)
+    if not previous:  # an enclosing block (or the caller) owns the handlers and the pending signal
+        yield
+        return
+    _pending_signal, previous_hook = None, sys.unraisablehook
+    sys.unraisablehook = _keep_swallowed_signal(previous_hook)
     try:
         yield
+        raise_pending_signal()  # the block ran to its end although a signal came: it was swallowed
     finally:
+        _pending_signal, sys.unraisablehook = None, previous_hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -2,6 +2,7 @@
 finished); the temps of a SIGKILLed run are removed by the next run into the same folder."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -168,3 +169,36 @@ def test_handlers_are_restored_and_ignored_signals_stay_ignored():
         assert signal.getsignal(signal.SIGTERM) is before
     finally:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+class _SignalOnRead(io.FileIO):
+    """A file whose n-th read sends this process SIGINT: the handler then runs inside
+    soundfile's cffi reader callback, which swallows the KeyboardInterrupt it raises."""
+
+    signal_on, reads = 0, 0
+
+    def readinto(self, buffer):
+        type(self).reads += 1
+        if type(self).reads == self.signal_on:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().readinto(buffer)
+
+
+@pytest.mark.parametrize("signal_on", [3, 12], ids=["opening", "decoding"])
+def test_a_signal_swallowed_by_the_reader_callback_is_raised_again(tmp_path, monkeypatch, signal_on):
+    from audio_fixtures import write_tone
+    from mertkit import audio
+
+    path = tmp_path / "long.wav"
+    write_tone(path, seconds=4.0, sample_rate=24000)
+    monkeypatch.setattr(_SignalOnRead, "signal_on", signal_on)
+    monkeypatch.setattr(_SignalOnRead, "reads", 0)
+    monkeypatch.setattr(audio, "_open_file", lambda name, _: _SignalOnRead(name, "rb"))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), terminate_raises():
+            for _ in audio.stream_audio(path, 24000, block_seconds=0.1):
+                pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert _SignalOnRead.reads >= signal_on
