@@ -126,9 +126,10 @@ def test_onset_envelope_peaks_at_the_clicks_of_a_click_track(frame_rate):
     peaks = pick_peaks((envelope - envelope.min()) / np.ptp(envelope), 0.3)
     assert len(peaks) == len(clicks)
     np.testing.assert_array_less(np.abs(peaks - clicks * frame_rate), 1.0)  # within one frame of each click
-    # column 1 + 9 + 2k is the neighbour k + 1 frames later: the same envelope, shifted
-    np.testing.assert_array_equal(features[0, :-1, 1 + cfg.bands + 9], envelope[1:])
-    np.testing.assert_array_equal(features[0, 1:, 1 + cfg.bands], envelope[:-1])
+    # columns 1.. are the band groups: each standardised, their rises on the clicks too
+    bands = features[0, :, 1:]
+    np.testing.assert_allclose(bands.mean(axis=0), 0.0, atol=1e-5)
+    assert (bands[np.rint(clicks * frame_rate).astype(int)].mean(axis=0) > 1.0).all()
 
 
 def test_onset_grid_refuses_frame_rates_without_a_whole_hop():
@@ -163,7 +164,7 @@ def test_onset_files_peak_pick_to_the_reference_beats(tmp_path):
     _, meta = read_feature_file(written[0])
     assert meta["frame_rate"] == "75.0" and meta["model"] == "onset" and meta["sample_rate"] == "22050"
     data = from_safetensors_dir(tmp_path / "feats", records, task)
-    assert data.frame_rate == 75.0 and data.train.x.shape[1::2] == (1, 81)
+    assert data.frame_rate == 75.0 and data.train.x.shape[1::2] == (1, 9)
     result = peak_picking_result(task, data, ProbeConfig(layer=0))
     assert result.score == 1.0 and result.probe.startswith("peak picking (threshold")
     assert np.isnan(result.best_lr) and result.n_test == 2

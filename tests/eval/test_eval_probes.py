@@ -141,6 +141,37 @@ def test_beat_probe_end_to_end():
     assert result.score > 0.95
 
 
+def paired_beat_data(rng, frame_rate=10.0):
+    """Beats only two frames together show: a beat frame has channel 0 up and its previous frame
+    channel 1 up; as many decoy frames have channel 0 up without the cue before them, so a
+    probe of single frames cannot tell beats from decoys (F-measure at most 2/3)."""
+    splits, beats = [], {}
+    for name, count in zip(("train", "valid", "test"), (30, 8, 8)):
+        xs, ys, refs = [], [], []
+        for _ in range(count):
+            period = int(rng.integers(6, 9))
+            beat_frames = np.arange(int(rng.integers(2, 4)), 58, period)
+            decoys = beat_frames + period // 2
+            decoys = decoys[decoys < 60]
+            x = rng.normal(scale=0.05, size=(1, 60, 2)).astype(np.float32)
+            x[0, beat_frames, 0] += 1.0
+            x[0, decoys, 0] += 1.0
+            x[0, beat_frames - 1, 1] += 1.0
+            times = beat_frames / frame_rate
+            xs.append(x), ys.append(beat_targets(times, 60, frame_rate)), refs.append(times)
+        splits.append((np.stack(xs), np.stack(ys)))
+        beats[name] = refs
+    return from_arrays(*splits, frame_rate=frame_rate, beat_times=beats)
+
+
+def test_beat_probe_context_sees_the_neighbouring_frames():
+    data = paired_beat_data(np.random.default_rng(11))
+    settings = dict(lrs=(3e-2,), max_epochs=100, patience=20, batch_size=4, seeds=(0,))
+    alone = run_probe(TaskSpec("beat", "beat", 1), data, ProbeConfig(layer=0, **settings))
+    with_context = run_probe(TaskSpec("beat", "beat", 1), data, ProbeConfig(layer=0, context=1, **settings))
+    assert alone.score < 0.7 and with_context.score > 0.95
+
+
 def test_pick_peaks():
     activation = np.array([0.1, 0.9, 0.2, 0.6, 0.6, 0.1, 0.4])
     np.testing.assert_array_equal(pick_peaks(activation, 0.5), [1, 3])
@@ -154,3 +185,7 @@ def test_bad_inputs_raise():
         run_probe(TaskSpec("toy", "frame", 3), data, ProbeConfig(layer=0, **FAST))
     with pytest.raises(ProbeError, match="kind"):
         ProbeConfig(kind="svm")
+    with pytest.raises(ProbeError, match="context frames apply to frame-level tasks"):
+        run_probe(TaskSpec("toy", "multiclass", 3), data, ProbeConfig(layer=0, context=2, **FAST))
+    with pytest.raises(ProbeError, match="context must be"):
+        ProbeConfig(context=-1)

@@ -108,3 +108,25 @@ def test_the_probe_file_follows_the_umask(tmp_path):
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o644 and list(tmp_path.iterdir()) == [path]  # no temp left
+
+
+def test_a_beat_probe_with_context_loads_back_with_its_frame_window(tmp_path):
+    from test_eval_probes import paired_beat_data
+
+    data = paired_beat_data(np.random.default_rng(2))
+    task = TaskSpec("beat", "beat", 1)
+    cfg = ProbeConfig(kind="mlp", layer=0, context=1, lrs=(3e-2,), max_epochs=5, patience=5, batch_size=8, seeds=(0,))
+    result = run_probe(task, data, cfg)
+    saved = load_probe(save_probe(result, task, data, cfg, tmp_path / FILE_NAME))
+    frames = torch.from_numpy(data.test.x[:, 0])
+    np.testing.assert_array_equal(saved.module(frames).detach().numpy(),
+                                  run_probe_module(result, task, data, cfg)(frames).detach().numpy())
+    assert saved.module.head[0].conv.kernel_size == (3,)
+
+
+def run_probe_module(result, task, data, cfg):
+    from mertkit.eval.probes import Probe
+
+    module = Probe(data.width, task.num_outputs, cfg, None)
+    module.load_state_dict(result.trained.state, strict=True)
+    return module.eval()

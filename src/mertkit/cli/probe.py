@@ -62,6 +62,7 @@ def _default_manifest(task_value: str) -> Path:
     "mert probe --features feats/ --manifest gtzan.csv --task gtzan --layers all -o results/",
     "mert probe --features feats/ --manifest m.csv --task task.json --probe linear --lrs 1e-3,1e-2 -o results/",
     "mert probe --features feats/key --task suite/key --layers all -o results/key   # a bench-suite task folder",
+    "mert probe --features feats/ --manifest beats.csv --task beat.json --probe linear --context 4 -o results/beat",
 ))
 @click.option("--features", "features_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of <path>.safetensors files written by `mert extract`.")
@@ -81,6 +82,8 @@ def _default_manifest(task_value: str) -> Path:
 @click.option("--patience", type=PositiveInt, default=10, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--batch-size", type=click.IntRange(0, 1_000_000), default=64, show_default=True,
               help="Mini-batch size; 0 for full batch.")
+@click.option("--context", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Frame and beat tasks: frames either side the probe sees (`mert eval` gives beat 4).")
 @click.option("--model-name", default="", help="Label for the table and plot (default: from the features).")
 @out_option("Folder for results.json, results.md, layers.png, the confusion matrices and probe.safetensors "
             "(the best probe).", path_type=Path)
@@ -88,7 +91,7 @@ def _default_manifest(task_value: str) -> Path:
 @verbosity
 def probe(features_dir: Path, manifest: Path | None, task_value: str, layer: str, layer_alias: str | None,
           probe_kind: str, seeds: tuple[int, ...], lrs: tuple[float, ...], epochs: int, patience: int, batch_size: int,
-          model_name: str, out: Path, overwrite: bool) -> None:
+          context: int, model_name: str, out: Path, overwrite: bool) -> None:
     """Train probes on cached features and report test scores."""
     from mertkit.eval.datasets import DatasetError, read_manifest
     from mertkit.eval.features import from_safetensors_dir
@@ -107,7 +110,7 @@ def probe(features_dir: Path, manifest: Path | None, task_value: str, layer: str
     try:
         cfg = ProbeConfig(
             kind=probe_kind, layer=_parse_layer(layer), lrs=lrs, seeds=seeds, max_epochs=epochs, patience=patience,
-            batch_size=batch_size or None,
+            batch_size=batch_size or None, context=context,
         )
         records = read_manifest(manifest, task, check_files=False)  # audio is not needed, only features
         data = from_safetensors_dir(features_dir, records, task)

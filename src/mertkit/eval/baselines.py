@@ -16,7 +16,8 @@ Clip baselines have shape [1, D] per clip (one "layer"), i.e. [N, 1, D] once sta
   frame-to-frame rise of a 64-band log-mel spectrogram averaged over all bands (the classic
   onset-strength envelope) and over 8 groups of adjacent bands, each standardised over the
   clip's frames (the probes do not scale their inputs, and raw flux in dB trains a linear probe
-  slowly), with the 4 frames either side stacked as context -> [1, frames, 81].
+  slowly) -> [1, frames, 9]. The beat probe gives it, like every representation, the frames
+  either side as context (``ProbeConfig.context``).
   Its centred frames run to the clip's end, so a MERT model's conv front end (which needs a
   full receptive field) yields one or two frames fewer of the same grid.
 """
@@ -165,7 +166,7 @@ BASELINES: dict[str, Callable[[np.ndarray, SpectralConfig], np.ndarray]] = {
 ONSET = "onset"
 # Written into every baseline feature file; the suite's cache recomputes files of another
 # version, so a changed feature definition never reuses stale features.
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"
 DEFAULT_BASELINES = ("mfcc", "chroma", "logmel", ONSET)
 # Which tasks each baseline serves (the CLI help and the report notes say the same).
 BASELINE_SCOPE = "mfcc, chroma, logmel: clip tasks (pitch, pitch_class, instrument, key, tempo); onset: beat"
@@ -180,12 +181,11 @@ class OnsetConfig:
     n_fft: int = 1024
     n_mels: int = 64
     bands: int = 8
-    context: int = 4
     top_db: float = 80.0
 
     @property
     def width(self) -> int:
-        return (1 + self.bands) * (2 * self.context + 1)
+        return 1 + self.bands
 
 
 def onset_grid(frame_rate: float, cfg: OnsetConfig = OnsetConfig()) -> tuple[int, int]:
@@ -225,19 +225,13 @@ def onset_strength(wave: np.ndarray, sample_rate: int, hop: int, cfg: OnsetConfi
 
 
 def onset_features(wave: np.ndarray, sample_rate: int, hop: int, cfg: OnsetConfig = OnsetConfig()) -> np.ndarray:
-    """[1, frames, cfg.width]: each row of :func:`onset_strength` standardised over the clip's
-    frames (zero mean, unit variance; a constant row becomes 0), with its ``context`` frames
-    either side stacked (0, the mean, past the ends). Column 0 is the frame's own envelope
-    value, then its band values, then the neighbours in the order -1, +1, -2, +2, ..."""
+    """[1, frames, 1 + bands]: :func:`onset_strength` with each row standardised over the clip's
+    frames (zero mean, unit variance; a constant row becomes 0). Column 0 is the envelope."""
     strength = onset_strength(wave, sample_rate, hop, cfg)
     spread = strength.std(axis=1, keepdims=True)
     strength = np.divide(strength - strength.mean(axis=1, keepdims=True), spread,
                          out=np.zeros_like(strength), where=spread > 0)
-    frames = strength.shape[1]
-    padded = np.pad(strength, ((0, 0), (cfg.context, cfg.context)))
-    offsets = [0] + [sign * step for step in range(1, cfg.context + 1) for sign in (-1, 1)]
-    stacked = [padded[:, cfg.context + offset : cfg.context + offset + frames] for offset in offsets]
-    return np.concatenate(stacked).T[None].astype(np.float32)
+    return strength.T[None].astype(np.float32)
 
 
 def load_segment(record: Record, sample_rate: int) -> np.ndarray:

@@ -6,7 +6,9 @@ A probe is a layer aggregator followed by a head:
   layer; ``"weighted"``: a softmax-weighted sum of all layers (learnable weights, initialised
   equal); ``"conv1d"``: the MERT card's ``Conv1d(L -> 1, kernel 1)`` over the layer axis.
 * head (``ProbeConfig.kind``): ``"linear"``; ``"mlp"`` = Linear(D, 512) -> ReLU ->
-  Dropout(0.2) -> Linear(512, C).
+  Dropout(0.2) -> Linear(512, C). With ``ProbeConfig.context`` = c > 0 (frame-level tasks) the
+  first layer sees the c frames either side too: a Conv1d over time, kernel 2c + 1, zero
+  padded, i.e. a linear map of the stacked frames, the same for every representation.
 
 Training: Adam over a learning-rate grid; full batch (``batch_size=None``) or mini-batches
 shuffled by a seeded generator; early stopping on the task's validation metric with patience;
@@ -75,6 +77,7 @@ class ProbeConfig:
     weight_decay: float = 0.0
     hidden_size: int = 512
     dropout: float = 0.2
+    context: int = 0  # frame-level tasks: frames either side the head's first layer sees
     beat_threshold: float = 0.5
     beat_tolerance: float = metrics.MARBLE_BEAT_TOLERANCE_S
     beat_trim: bool = False
@@ -93,6 +96,8 @@ class ProbeConfig:
             raise ProbeError("max_epochs and patience must be positive")
         if self.batch_size is not None and self.batch_size < 1:
             raise ProbeError("batch_size must be positive or None (full batch)")
+        if not (isinstance(self.context, int) and self.context >= 0):
+            raise ProbeError(f"context must be 0 or more frames, got {self.context!r}")
 
 
 @dataclass
@@ -211,16 +216,28 @@ class LayerAggregator(nn.Module):
         return self.conv.weight.detach()[0, :, 0].tolist()
 
 
+class FrameContext(nn.Module):
+    """[B, T, D] -> [B, T, out]: a linear map of each frame with its ``context`` neighbours either
+    side (zeros past the ends), as a Conv1d over time."""
+
+    def __init__(self, width: int, outputs: int, context: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(width, outputs, kernel_size=2 * context + 1, padding=context)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.transpose(1, 2)).transpose(1, 2)
+
+
 class Probe(nn.Module):
     def __init__(self, width: int, outputs: int, cfg: ProbeConfig, aggregator: LayerAggregator | None) -> None:
         super().__init__()
         self.aggregator = aggregator
+        first_outputs = outputs if cfg.kind == "linear" else cfg.hidden_size
+        first = FrameContext(width, first_outputs, cfg.context) if cfg.context else nn.Linear(width, first_outputs)
         if cfg.kind == "linear":
-            self.head: nn.Module = nn.Linear(width, outputs)
+            self.head: nn.Module = first
         else:
-            self.head = nn.Sequential(
-                nn.Linear(width, cfg.hidden_size), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden_size, outputs)
-            )
+            self.head = nn.Sequential(first, nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden_size, outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.aggregator is not None:
@@ -564,6 +581,8 @@ def _check_inputs(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig) -> None
         _check_finite(split, name, data.meta.get("source"))
     if isinstance(cfg.layer, int) and not 0 <= cfg.layer < data.num_layers:
         raise ProbeError(f"layer {cfg.layer} is out of range for {data.num_layers} hidden states")
+    if cfg.context and not frame_level:
+        raise ProbeError(f"{task.kind} task {task.name!r}: context frames apply to frame-level tasks only")
     if task.kind == "multiclass":
         _check_class_ids(data, task)
 

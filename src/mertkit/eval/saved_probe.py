@@ -105,7 +105,8 @@ def save_probe(
     spec = {
         "format": FORMAT,
         "task": task.to_dict(),
-        "probe": {"kind": cfg.kind, "layer": layer, "hidden_size": cfg.hidden_size, "dropout": cfg.dropout},
+        "probe": {"kind": cfg.kind, "layer": layer, "hidden_size": cfg.hidden_size, "dropout": cfg.dropout,
+                  "context": cfg.context},
         "input": {
             "num_layers": data.num_layers,
             "width": data.width,
@@ -135,7 +136,7 @@ def load_probe(path: str | os.PathLike[str]) -> SavedProbe:
         probe, source = spec["probe"], spec["input"]
         layer = probe["layer"]
         cfg = ProbeConfig(kind=probe["kind"], layer=layer, hidden_size=int(probe["hidden_size"]),
-                          dropout=float(probe["dropout"]))
+                          dropout=float(probe["dropout"]), context=int(probe.get("context", 0)))  # older files: none
         num_layers, width = int(source["num_layers"]), int(source["width"])
         hidden_states = None if source["hidden_states"] is None else tuple(int(k) for k in source["hidden_states"])
         target_mean, target_std = spec["target_mean"], spec["target_std"]

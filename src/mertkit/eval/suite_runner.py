@@ -112,12 +112,16 @@ class ProbeSettings:
     beat_kind: str = "linear"
     beat_max_epochs: int = 30
     beat_patience: int = 5
+    # A beat is a change: every representation's beat probe sees the 4 frames either side
+    # (53 ms at 75 Hz), as the onset baseline's envelope rise needs them.
+    beat_context: int = 4
 
     def config(self, layer: int | str, *, frame_level: bool = False) -> ProbeConfig:
         if frame_level:
             return ProbeConfig(kind=self.beat_kind, layer=layer, lrs=self.lrs, seeds=self.seeds,
                                max_epochs=min(self.max_epochs, self.beat_max_epochs),
-                               patience=min(self.patience, self.beat_patience), batch_size=self.batch_size)
+                               patience=min(self.patience, self.beat_patience), batch_size=self.batch_size,
+                               context=self.beat_context)
         return ProbeConfig(kind=self.kind, layer=layer, lrs=self.lrs, seeds=self.seeds, max_epochs=self.max_epochs,
                            patience=self.patience, batch_size=self.batch_size)
 
@@ -721,12 +725,13 @@ def _notes(infos: Sequence[ModelInfo], tasks: Sequence[SuiteTask], wanted: Seque
                      f"0..{random_init - 1} probed with probe seeds {seeds}; mean over init seeds (± their spread).")
     if any(task.name == "beat" for task in tasks):
         beat = settings.config(0, frame_level=True)
-        notes.append(f"beat: per-frame beat activation, {beat.kind} probe (at most {beat.max_epochs} epochs, patience "
-                     f"{beat.patience}), peak picking (not madmom's DBN), F-measure at 70 ms tolerance.")
+        notes.append(f"beat: per-frame beat activation, {beat.kind} probe over ±{beat.context} frames of context (at most "
+                     f"{beat.max_epochs} epochs, patience {beat.patience}), peak picking (not madmom's DBN), F-measure at "
+                     "70 ms tolerance.")
     if baselines:
         notes.append(f"baselines apply per task ({BASELINE_SCOPE}); n/a where one does not apply.")
     if ONSET in baselines and frame_rate is not None:
-        notes.append(f"onset: log-mel spectral flux (all bands and 8 band groups, ±4 frames of context) at {frame_rate:g} "
+        notes.append(f"onset: log-mel spectral flux (all bands and 8 band groups) at {frame_rate:g} "
                      f"frames/s, the grid of {infos[0].name}'s beat features, probed like the models; 'onset peaks': the "
                      "envelope peak-picked with no probe, threshold chosen on valid.")
     if any(task.name == "tempo" for task in tasks):
