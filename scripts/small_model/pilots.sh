@@ -11,13 +11,20 @@
 # 7-conv front-end; see README.md), a 6 h varied-texture corpus and its own k-means teacher:
 #   bash scripts/small_model/pilots.sh wide-data # corpus_v, suite, labels_v (about 5 CPU minutes)
 #   bash scripts/small_model/pilots.sh NAME      # wide-recipe | wide-cqt | wide-ce01 | wide-logcqt
+# The ablations at a reduced budget (wide-ce01's schedule of 600 updates, each probed at update
+# 300 with `mert pretrain-diagnose`), one piece changed each; the teachers' labels first:
+#   bash scripts/small_model/pilots.sh wide-teachers  # labels_bestrq, labels_mfcc, labels_codec (about 25 CPU minutes)
+#   bash scripts/small_model/pilots.sh NAME      # wide-nomix | wide-nocqt | wide-bestrq | wide-mfcc | wide-mfcc-ce05 |
+#                                                # wide-codec | wide-640
 set -euo pipefail
 
 common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
         --set log_interval=20 --set ckpt_interval=100)
 snapshots=(--set 'snapshot_fractions=[0,0.1,0.25,0.5,0.75,1.0]')
-wide=(--config tiny-wide --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
-      --set log_interval=20 --set ckpt_interval=100 --set warmup_updates=50 --audio corpus_v --labels labels_v)
+wide_base=(--config tiny-wide --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
+           --set log_interval=20 --set ckpt_interval=100 --set warmup_updates=50 --audio corpus_v)
+wide=("${wide_base[@]}" --labels labels_v)
+ablation=(--set total_updates=600 --set unmasked_weight=1.0 --set ce_weight=0.1 --set 'snapshot_fractions=[0,0.5,1.0]')
 fast=(--set lr=2e-3 --set unmasked_weight=1.0 --set total_updates=1400 --set warmup_updates=100)
 
 case "${1:-}" in
@@ -63,7 +70,26 @@ case "${1:-}" in
   wide-logcqt)  # wide-ce01 with the log-standardised CQT target, 1600 updates
     mert pretrain "${wide[@]}" --out wide-logcqt --set total_updates=1600 --set unmasked_weight=1.0 --set ce_weight=0.1 \
       --set cqt_target=log_standardised ;;
+  wide-teachers)
+    mert labels corpus_v -o labels_bestrq --teacher bestrq --codebooks 1 --codebook-size 500
+    mert labels corpus_v -o labels_mfcc --teacher kmeans --features mfcc --codebook-size 500 --report suite
+    mert labels corpus_v -o labels_codec --teacher codec --train-teacher --train-steps 600 ;;
+  wide-nomix)      # no in-batch mixture
+    mert pretrain "${wide[@]}" "${ablation[@]}" --out wide-nomix --set mixture_prob=0 ;;
+  wide-nocqt)      # no CQT head: the k-means CE alone
+    mert pretrain "${wide[@]}" "${ablation[@]}" --out wide-nocqt --set cqt=false ;;
+  wide-bestrq)     # BEST-RQ codes instead of k-means on log-mel + chroma
+    mert pretrain "${wide_base[@]}" "${ablation[@]}" --labels labels_bestrq --out wide-bestrq ;;
+  wide-mfcc)       # k-means on MFCC frames instead of log-mel + chroma
+    mert pretrain "${wide_base[@]}" "${ablation[@]}" --labels labels_mfcc --out wide-mfcc ;;
+  wide-mfcc-ce05)  # the same with CE x 0.5
+    mert pretrain "${wide_base[@]}" "${ablation[@]}" --labels labels_mfcc --out wide-mfcc-ce05 --set ce_weight=0.5 ;;
+  wide-codec)      # mertkit's own RVQ codec (8 x 1024 codes, 600 codec updates), the MERT-v1 layout of 8 CE heads
+    mert pretrain "${wide_base[@]}" "${ablation[@]}" --labels labels_codec --out wide-codec \
+      --set n_codebooks=8 --set codebook_size=1024 ;;
+  wide-640)        # a 640-sample (27 ms) filterbank instead of 1280
+    mert pretrain "${wide[@]}" "${ablation[@]}" --out wide-640 --set 'model.conv_kernel=[640,1]' ;;
   *)
-    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt" >&2
+    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640" >&2
     exit 2 ;;
 esac
