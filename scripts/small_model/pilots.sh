@@ -15,7 +15,7 @@
 # 300 with `mert pretrain-diagnose`), one piece changed each; the teachers' labels first:
 #   bash scripts/small_model/pilots.sh wide-teachers  # labels_bestrq, labels_mfcc, labels_codec (about 25 CPU minutes)
 #   bash scripts/small_model/pilots.sh NAME      # wide-nomix | wide-nocqt | wide-bestrq | wide-mfcc | wide-mfcc-ce05 |
-#                                                # wide-codec | wide-640
+#                                                # wide-codec | wide-640 | wide-flux01 | wide-flux05
 set -euo pipefail
 
 common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
@@ -89,7 +89,11 @@ case "${1:-}" in
       --set n_codebooks=8 --set codebook_size=1024 ;;
   wide-640)        # a 640-sample (27 ms) filterbank instead of 1280
     mert pretrain "${wide[@]}" "${ablation[@]}" --out wide-640 --set 'model.conv_kernel=[640,1]' ;;
+  wide-flux01)     # + the onset flux of each octave as a CQT-head target, weight 0.1
+    mert pretrain "${wide[@]}" "${ablation[@]}" --out wide-flux01 --set flux_weight=0.1 ;;
+  wide-flux05)     # the same, weight 0.5
+    mert pretrain "${wide[@]}" "${ablation[@]}" --out wide-flux05 --set flux_weight=0.5 ;;
   *)
-    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640" >&2
+    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05" >&2
     exit 2 ;;
 esac

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mertkit.pretrain.mlm_model import Counts, MertPretrainModel, PretrainInputError, log_standardised
+from mertkit.pretrain.mlm_model import Counts, MertPretrainModel, PretrainInputError, log_standardised, onset_flux
 from pretrain_fixtures import tiny_config
 
 
@@ -115,6 +115,45 @@ def test_the_model_regresses_the_configured_cqt_target():
     target = log_standardised(model.cqt(wave, num_frames=mask.shape[1]).transpose(1, 2), valid)[mask & valid]
     predicted = model.cqt_head(ref.last_hidden_state[mask & valid])
     assert torch.allclose(out.sums["cqt"], (predicted - target).pow(2).mean(-1).sum(), rtol=1e-5)
+
+
+def test_onset_flux_rises_on_the_frame_a_band_gets_louder():
+    magnitude = torch.full((1, 10, 6), 0.1)
+    magnitude[0, 4:, 3:] = 2.0  # the upper band (bins 3-5) gets louder at frame 4 and stays
+    magnitude[0, 7:, :3] = 0.01  # the lower band gets quieter at frame 7: no onset
+    valid = torch.ones(1, 10, dtype=torch.bool)
+    flux = onset_flux(magnitude, valid, bins_per_band=3)
+    assert flux.shape == (1, 10, 2)
+    assert torch.count_nonzero(flux[0, :, 1]) == 1 and flux[0, 4, 1] == pytest.approx(10.0)  # mean 1 over 10 frames
+    assert torch.count_nonzero(flux[0, :, 0]) == 0  # falls are not onsets
+
+
+def test_flux_weight_adds_the_flux_to_the_cqt_head_and_its_term():
+    torch.manual_seed(0)
+    model = MertPretrainModel(tiny_config(flux_weight=2.0)).eval()
+    cfg = model.config
+    assert cfg.flux_bands == 3 and model.cqt_head.out_features == cfg.cqt_bins + 3
+    wave, lengths, labels, mask = _inputs(model)
+    out = model(wave, lengths, labels, mask)
+    ref = model.backbone(wave, lengths, mask_time_indices=mask)
+    valid = torch.arange(mask.shape[1])[None] < ref.frame_lengths[:, None]
+    magnitude = model.cqt(wave, num_frames=mask.shape[1]).transpose(1, 2)
+    flux = onset_flux(magnitude, valid, cfg.cqt_bins_per_octave)[mask & valid]
+    predicted = model.cqt_head(ref.last_hidden_state[mask & valid])
+    expected = ((predicted[:, :36] - magnitude[mask & valid]).pow(2).mean(-1)
+                + 2.0 * (predicted[:, 36:] - flux).pow(2).mean(-1)).sum()
+    assert torch.allclose(out.sums["cqt"], expected, rtol=1e-5)
+
+
+def test_flux_needs_the_cqt_in_whole_octaves():
+    from mertkit.pretrain.pretrain_config import PretrainConfigError
+
+    with pytest.raises(PretrainConfigError, match="flux_weight"):
+        tiny_config(flux_weight=1.0, cqt=False)
+    with pytest.raises(PretrainConfigError, match="flux_weight"):
+        tiny_config(flux_weight=1.0, cqt_bins=30)
+    with pytest.raises(PretrainConfigError, match="flux_weight"):
+        tiny_config(flux_weight=-1.0)
 
 
 def _grads(mult: float):

@@ -11,7 +11,8 @@ One training forward, in order:
    every code's embedding in `label_embs_concat`) / logit_temp; cross-entropy on masked
    frames only, per codebook; CQT head Linear(H, cqt_bins), MSE on masked frames. With
    `unmasked_weight` > 0 (HuBERT's `pred_nomask_weight`; MERT uses 0) both terms are also
-   taken on the unmasked frames, weighted by it.
+   taken on the unmasked frames, weighted by it. With `flux_weight` > 0 the CQT head also
+   predicts the onset flux of each octave (see `onset_flux`), its MSE weighted by it.
 
 Every loss term is returned as a *sum* (over masked frames, or over valid frames for the
 penalty) with its count, so the trainer can divide by counts summed over all micro-batches
@@ -87,6 +88,18 @@ def log_standardised(magnitude: Tensor, valid: Tensor, eps: float = 1e-3) -> Ten
     return (logs - mean) / std
 
 
+def onset_flux(magnitude: Tensor, valid: Tensor, bins_per_band: int, eps: float = 1e-3) -> Tensor:
+    """[B, F, bins] CQT magnitude -> [B, F, bands]: the half-wave rectified rise of log(magnitude
+    + eps) from the previous frame (0 on the first), averaged over each band of `bins_per_band`
+    bins, divided by its mean over the clip's valid frames (so every band and clip has mean 1)."""
+    logs = torch.log(magnitude + eps)
+    rise = F.pad((logs[:, 1:] - logs[:, :-1]).clamp_min(0), (0, 0, 1, 0))
+    bands = rise.unflatten(-1, (-1, bins_per_band)).mean(-1)
+    weight = valid[:, :, None].to(bands.dtype)
+    mean = (bands * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1)
+    return bands / mean.clamp_min(1e-6)
+
+
 def build_cqt(cfg: PretrainConfig) -> nn.Module:
     from mertkit.pretrain.teachers.cqt import CQT, CQTConfig
 
@@ -141,7 +154,7 @@ class MertPretrainModel(Backbone):
         self.final_proj = nn.Linear(hidden, cfg.final_dim * cfg.n_codebooks)
         self.label_embs_concat = nn.Parameter(torch.empty(cfg.n_codebooks * cfg.codebook_size, cfg.final_dim).uniform_())
         if cfg.cqt:
-            self.cqt_head = nn.Linear(hidden, cfg.cqt_bins)
+            self.cqt_head = nn.Linear(hidden, cfg.cqt_bins + cfg.flux_bands)
             self.cqt = build_cqt(cfg)  # buffers are not persistent: nothing in the state dict
 
     # ---- forward --------------------------------------------------------------------------
@@ -165,8 +178,13 @@ class MertPretrainModel(Backbone):
         if mixture_generator is not None and cfg.mixture_prob > 0:
             wave, _ = mix_batch(wave, lengths, mixture_settings(cfg), mixture_generator)
         states, valid, square = self.encode(wave, lengths, mask)
+        flux = None
+        if cqt_target is not None and cfg.flux_bands:
+            flux = onset_flux(cqt_target, valid, cfg.cqt_bins_per_octave)
         if cqt_target is not None and cfg.cqt_target == "log_standardised":
             cqt_target = log_standardised(cqt_target, valid)
+        if flux is not None:
+            cqt_target = torch.cat([cqt_target, flux], dim=-1)  # the head predicts both
         selected = mask & valid
         targets = labels[:, :, :frames].transpose(1, 2)  # [B, F, K]
         ce, cqt, logits = self._frame_terms(states[-1], selected, targets, cqt_target)
@@ -192,8 +210,12 @@ class MertPretrainModel(Backbone):
         ce = F.cross_entropy(logits.transpose(1, 2), targets[chosen], reduction="none").sum(0)
         if cqt_target is None:
             return ce, None, logits
-        predicted = self.cqt_head(hidden).float()
-        return ce, (predicted - cqt_target[chosen]).pow(2).mean(-1).sum(), logits
+        error = (self.cqt_head(hidden).float() - cqt_target[chosen]).pow(2)
+        bins = self.config.cqt_bins
+        cqt = error[:, :bins].mean(-1).sum()
+        if self.config.flux_bands:
+            cqt = cqt + self.config.flux_weight * error[:, bins:].mean(-1).sum()
+        return ce, cqt, logits
 
     def code_logits(self, hidden: Tensor) -> Tensor:
         """[N, H] -> [N, K, V]: cosine similarity to every code embedding / logit_temp."""

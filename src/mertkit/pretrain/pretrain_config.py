@@ -67,6 +67,10 @@ class PretrainConfig:
     ce_weight: float = 1.0
     penalty_weight: float = 10.0
     cqt_weight: float = 1.0
+    # > 0: the CQT head also regresses the onset flux (each octave's rise in log CQT magnitude
+    # from the previous frame, scaled to mean 1 per clip), its MSE times this beside the CQT's:
+    # a target that needs time resolution (beats), where the CQT's favours long windows (pitch)
+    flux_weight: float = 0.0
     # CE and CQT also on the unmasked frames, times this (HuBERT's pred_nomask_weight; MERT: 0)
     unmasked_weight: float = 0.0
     # ---- data2vec objective (music2vec) ---------------------------------------------------
@@ -119,6 +123,11 @@ class PretrainConfig:
         return self.mert_config().sample_rate
 
     @property
+    def flux_bands(self) -> int:
+        """Onset-flux targets the CQT head regresses beside the CQT: one an octave, 0 when off."""
+        return self.cqt_bins // self.cqt_bins_per_octave if self.flux_weight > 0 else 0
+
+    @property
     def crop_samples(self) -> int:
         return round(self.crop_seconds * self.sample_rate)
 
@@ -146,6 +155,9 @@ class PretrainConfig:
             (self.logit_temp > 0, "logit_temp must be > 0"),
             (self.cqt_target in CQT_TARGETS, f"cqt_target must be one of {CQT_TARGETS}, got {self.cqt_target!r}"),
             (self.unmasked_weight >= 0, f"unmasked_weight must be >= 0, got {self.unmasked_weight}"),
+            (self.flux_weight >= 0, f"flux_weight must be >= 0, got {self.flux_weight}"),
+            (self.flux_weight == 0 or (self.cqt and self.cqt_bins % self.cqt_bins_per_octave == 0),
+             "flux_weight > 0 needs cqt=true and cqt_bins a whole number of octaves (cqt_bins_per_octave)"),
             (self.grad_accum >= 1 and self.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
             (0 <= self.warmup_updates <= self.total_updates and self.total_updates >= 1,
              "need 0 <= warmup_updates <= total_updates and total_updates >= 1"),
