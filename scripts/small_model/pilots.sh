@@ -15,7 +15,7 @@
 # 300 with `mert pretrain-diagnose`), one piece changed each; the teachers' labels first:
 #   bash scripts/small_model/pilots.sh wide-teachers  # labels_bestrq, labels_mfcc, labels_codec (about 25 CPU minutes)
 #   bash scripts/small_model/pilots.sh NAME      # wide-nomix | wide-nocqt | wide-bestrq | wide-mfcc | wide-mfcc-ce05 |
-#                                                # wide-codec | wide-640 | wide-flux01 | wide-flux05
+#                                                # wide-codec | wide-640 | wide-flux01 | wide-flux05 | wide-flux05-long
 set -euo pipefail
 
 common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
@@ -93,7 +93,10 @@ case "${1:-}" in
     mert pretrain "${wide[@]}" "${ablation[@]}" --out wide-flux01 --set flux_weight=0.1 ;;
   wide-flux05)     # the same, weight 0.5
     mert pretrain "${wide[@]}" "${ablation[@]}" --out wide-flux05 --set flux_weight=0.5 ;;
+  wide-flux05-long)  # retrain.sh's 1600-update run with the flux target at 0.5 (session 6's next candidate)
+    mert pretrain "${wide[@]}" --out wide-flux05-long --set total_updates=1600 --set unmasked_weight=1.0 \
+      --set ce_weight=0.1 --set cqt_target=magnitude --set flux_weight=0.5 ;;
   *)
-    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05" >&2
+    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05|wide-flux05-long" >&2
     exit 2 ;;
 esac
