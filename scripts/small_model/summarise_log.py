@@ -22,6 +22,8 @@ def recipe_line(config: dict, teacher: str) -> str:
              f"(CE weight {config['ce_weight']})"]
     if config["cqt"]:
         parts.append(f"CQT reconstruction ({config.get('cqt_target', 'magnitude')}, weight {config['cqt_weight']})")
+    if config.get("flux_weight", 0) > 0:
+        parts.append(f"onset flux of each octave on the CQT head (weight {config['flux_weight']})")
     if config.get("unmasked_weight", 0) > 0:
         parts.append(f"both also on unmasked frames (weight {config['unmasked_weight']})")
     parts.append(f"in-batch mixture p={config['mixture_prob']}" if config["mixture_prob"] > 0 else "no mixture")
