@@ -16,6 +16,9 @@
 #   bash scripts/small_model/pilots.sh wide-teachers  # labels_bestrq, labels_mfcc, labels_codec (about 25 CPU minutes)
 #   bash scripts/small_model/pilots.sh NAME      # wide-nomix | wide-nocqt | wide-bestrq | wide-mfcc | wide-mfcc-ce05 |
 #                                                # wide-codec | wide-640 | wide-flux01 | wide-flux05 | wide-flux05-long
+# Session 7: the CQT head also predicts chroma and the log CQT's cepstrum (`chroma_weight`,
+# `timbre_weight`) beside the onset flux, two weightings of 1600 updates each:
+#   bash scripts/small_model/pilots.sh NAME      # wide-derived-a | wide-derived-b
 set -euo pipefail
 
 common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
@@ -96,7 +99,15 @@ case "${1:-}" in
   wide-flux05-long)  # retrain.sh's 1600-update run with the flux target at 0.5 (session 6's next candidate)
     mert pretrain "${wide[@]}" --out wide-flux05-long --set total_updates=1600 --set unmasked_weight=1.0 \
       --set ce_weight=0.1 --set cqt_target=magnitude --set flux_weight=0.5 ;;
+  wide-derived-a)  # session 7: the flux, chroma and cepstrum targets beside the magnitude CQT, 1600 updates
+    mert pretrain "${wide[@]}" --out wide-derived-a --set total_updates=1600 --set unmasked_weight=1.0 --set ce_weight=0.1 \
+      --set 'snapshot_fractions=[0,0.1,0.25,0.5,1.0]' --set cqt_target=magnitude \
+      --set flux_weight=0.2 --set chroma_weight=0.3 --set timbre_weight=0.5 ;;
+  wide-derived-b)  # the same beside the log-standardised CQT, heavier derived targets
+    mert pretrain "${wide[@]}" --out wide-derived-b --set total_updates=1600 --set unmasked_weight=1.0 --set ce_weight=0.1 \
+      --set 'snapshot_fractions=[0,0.1,0.25,0.5,1.0]' --set cqt_target=log_standardised \
+      --set flux_weight=0.3 --set chroma_weight=0.5 --set timbre_weight=1.0 ;;
   *)
-    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05|wide-flux05-long" >&2
+    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05|wide-flux05-long|wide-derived-a|wide-derived-b" >&2
     exit 2 ;;
 esac

@@ -22,8 +22,11 @@ def recipe_line(config: dict, teacher: str) -> str:
              f"(CE weight {config['ce_weight']})"]
     if config["cqt"]:
         parts.append(f"CQT reconstruction ({config.get('cqt_target', 'magnitude')}, weight {config['cqt_weight']})")
-    if config.get("flux_weight", 0) > 0:
-        parts.append(f"onset flux of each octave on the CQT head (weight {config['flux_weight']})")
+    derived = {"flux_weight": "onset flux of each octave", "chroma_weight": "chroma",
+               "timbre_weight": f"{config.get('timbre_coefficients', 20)} cepstral coefficients of the log CQT"}
+    for key, what in derived.items():
+        if config.get(key, 0) > 0:
+            parts.append(f"{what} on the CQT head (weight {config[key]})")
     if config.get("unmasked_weight", 0) > 0:
         parts.append(f"both also on unmasked frames (weight {config['unmasked_weight']})")
     parts.append(f"in-batch mixture p={config['mixture_prob']}" if config["mixture_prob"] > 0 else "no mixture")

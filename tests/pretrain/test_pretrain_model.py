@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mertkit.pretrain.mlm_model import Counts, MertPretrainModel, PretrainInputError, log_standardised, onset_flux
+from mertkit.pretrain.mlm_model import (
+    Counts, MertPretrainModel, PretrainInputError, cepstrum, chroma, log_standardised, onset_flux,
+)
 from pretrain_fixtures import tiny_config
 
 
@@ -128,24 +130,62 @@ def test_onset_flux_rises_on_the_frame_a_band_gets_louder():
     assert torch.count_nonzero(flux[0, :, 0]) == 0  # falls are not onsets
 
 
-def test_flux_weight_adds_the_flux_to_the_cqt_head_and_its_term():
+def test_derived_targets_widen_the_cqt_head_and_each_gets_its_weighted_term():
     torch.manual_seed(0)
-    model = MertPretrainModel(tiny_config(flux_weight=2.0)).eval()
+    model = MertPretrainModel(tiny_config(flux_weight=2.0, chroma_weight=0.5, timbre_weight=3.0,
+                                          timbre_coefficients=5, unmasked_weight=1.0)).eval()
     cfg = model.config
-    assert cfg.flux_bands == 3 and model.cqt_head.out_features == cfg.cqt_bins + 3
+    assert cfg.flux_bands == 3 and model.cqt_head.out_features == cfg.cqt_bins + 3 + 12 + 5
     wave, lengths, labels, mask = _inputs(model)
     out = model(wave, lengths, labels, mask)
     ref = model.backbone(wave, lengths, mask_time_indices=mask)
     valid = torch.arange(mask.shape[1])[None] < ref.frame_lengths[:, None]
     magnitude = model.cqt(wave, num_frames=mask.shape[1]).transpose(1, 2)
-    flux = onset_flux(magnitude, valid, cfg.cqt_bins_per_octave)[mask & valid]
-    predicted = model.cqt_head(ref.last_hidden_state[mask & valid])
-    expected = ((predicted[:, :36] - magnitude[mask & valid]).pow(2).mean(-1)
-                + 2.0 * (predicted[:, 36:] - flux).pow(2).mean(-1)).sum()
-    assert torch.allclose(out.sums["cqt"], expected, rtol=1e-5)
+    targets = {
+        "cqt": magnitude,
+        "flux": onset_flux(magnitude, valid, cfg.cqt_bins_per_octave),
+        "chroma": chroma(magnitude, valid, cfg.cqt_bins_per_octave),
+        "timbre": cepstrum(log_standardised(magnitude, valid), 5),
+    }
+    counts = Counts(out.masked_frames, out.valid_frames)
+    terms = model.loss_terms(out, counts)
+    start = 0
+    for name, width, weight in cfg.head_targets:
+        for frames, suffix, count in ((mask & valid, "", counts.masked_frames),
+                                      (~mask & valid, "_unmasked", counts.unmasked_frames)):
+            predicted = model.cqt_head(ref.last_hidden_state[frames])[:, start:start + width]
+            expected = (predicted - targets[name][frames]).pow(2).mean(-1).sum()
+            assert torch.allclose(out.sums[name + suffix], expected, rtol=1e-5), name + suffix
+            assert torch.allclose(terms[name + suffix], weight * expected / count, rtol=1e-5)
+        start += width
+    assert [name for name, _, _ in cfg.head_targets] == ["cqt", "flux", "chroma", "timbre"]
+    assert {"flux_mse", "chroma_mse_unmasked", "timbre_mse"} <= set(model.metrics({k: v.detach() for k, v in out.sums.items()}, out.correct, counts))
 
 
-def test_flux_needs_the_cqt_in_whole_octaves():
+def test_chroma_folds_octaves_and_the_bins_around_each_semitone():
+    # 2 octaves of 24 bins (2 a semitone, bin 0 on class 0): the bin just below a semitone's
+    # centre belongs to it, and the top bin to class 0 (its pitch class an octave up)
+    magnitude = torch.full((1, 3, 48), 1e-3)
+    magnitude[0, 0, 24 + 2 * 7] = 5.0  # class 7, upper octave
+    magnitude[0, 1, 2 * 7 - 1] = 5.0  # a quarter-tone below class 7
+    magnitude[0, 2, 47] = 5.0  # a quarter-tone below class 0, one octave up
+    folded = chroma(magnitude, torch.ones(1, 3, dtype=torch.bool), bins_per_octave=24)
+    assert folded.shape == (1, 3, 12)
+    assert folded[0].argmax(-1).tolist() == [7, 7, 0]
+
+
+def test_cepstrum_keeps_the_envelope_and_its_scale():
+    bins = torch.arange(64, dtype=torch.float32)
+    envelope = torch.cos(torch.pi / 64 * (bins + 0.5) * 2)  # exactly DCT basis 2
+    coefficients = cepstrum(envelope[None, None], 8)
+    assert coefficients.shape == (1, 1, 8)
+    assert coefficients[0, 0].abs().argmax() == 2
+    assert torch.allclose(coefficients[0, 0, [0, 1, 3]], torch.zeros(3), atol=1e-5)
+    # orthonormal DCT times sqrt(8 / 64): the energy of the 64 values shared by 8 coefficients
+    assert float(coefficients.pow(2).sum()) == pytest.approx(float(envelope.pow(2).sum()) * 8 / 64, rel=1e-4)
+
+
+def test_derived_targets_need_a_cqt_they_fit():
     from mertkit.pretrain.pretrain_config import PretrainConfigError
 
     with pytest.raises(PretrainConfigError, match="flux_weight"):
@@ -154,6 +194,12 @@ def test_flux_needs_the_cqt_in_whole_octaves():
         tiny_config(flux_weight=1.0, cqt_bins=30)
     with pytest.raises(PretrainConfigError, match="flux_weight"):
         tiny_config(flux_weight=-1.0)
+    with pytest.raises(PretrainConfigError, match="chroma_weight"):
+        tiny_config(chroma_weight=1.0, cqt_bins_per_octave=18, cqt_bins=36)
+    with pytest.raises(PretrainConfigError, match="timbre_weight"):
+        tiny_config(timbre_weight=1.0, timbre_coefficients=0)
+    with pytest.raises(PretrainConfigError, match="timbre_weight"):
+        tiny_config(timbre_weight=1.0, cqt=False)
 
 
 def _grads(mult: float):

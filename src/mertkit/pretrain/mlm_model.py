@@ -11,13 +11,16 @@ One training forward, in order:
    every code's embedding in `label_embs_concat`) / logit_temp; cross-entropy on masked
    frames only, per codebook; CQT head Linear(H, cqt_bins), MSE on masked frames. With
    `unmasked_weight` > 0 (HuBERT's `pred_nomask_weight`; MERT uses 0) both terms are also
-   taken on the unmasked frames, weighted by it. With `flux_weight` > 0 the CQT head also
-   predicts the onset flux of each octave (see `onset_flux`), its MSE weighted by it.
+   taken on the unmasked frames, weighted by it. The CQT head can also predict targets derived
+   from the same CQT, each its own term with its own weight (`PretrainConfig.head_targets`):
+   the onset flux of each octave (`onset_flux`, `flux_weight`), the chroma (`chroma`,
+   `chroma_weight`) and the cepstrum of the log CQT (`cepstrum`, `timbre_weight`).
 
 Every loss term is returned as a *sum* (over masked frames, or over valid frames for the
 penalty) with its count, so the trainer can divide by counts summed over all micro-batches
 and processes: a DDP run and a gradient-accumulated run then optimise exactly the loss of one
-big batch. Per masked frame the loss is sum_k CE_k + penalty_weight * penalty + cqt_weight * MSE.
+big batch. Per masked frame the loss is sum_k CE_k + penalty_weight * penalty + cqt_weight * MSE
+(+ each derived target's weight * its MSE).
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ from torch import Tensor, nn
 from mertkit.models.hubert.model import MertModel, frame_mask
 from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.mixture import MixtureSettings, mix_batch
+
+
+HEAD_TARGET_NAMES = ("cqt", "flux", "chroma", "timbre")  # `PretrainConfig.head_targets`'s names
 
 
 class PretrainInputError(ValueError):
@@ -100,6 +106,44 @@ def onset_flux(magnitude: Tensor, valid: Tensor, bins_per_band: int, eps: float 
     return bands / mean.clamp_min(1e-6)
 
 
+def chroma(magnitude: Tensor, valid: Tensor, bins_per_octave: int) -> Tensor:
+    """[B, F, bins] CQT magnitude (bin 0 on a semitone, whole octaves) -> [B, F, 12]: the
+    magnitude summed over octaves and over the bins nearest each semitone (class 0 = the class
+    of bin 0), then `log_standardised` per clip (the pattern across classes, loudness-free)."""
+    per_semitone = bins_per_octave // 12
+    # bins k - per_semitone // 2 ... belong to semitone k / per_semitone: the quarter-tone just
+    # below a class's centre is that class, and the top bin wraps to the class of bin 0, which
+    # is its pitch class one octave up
+    centred = magnitude.roll(per_semitone // 2, dims=-1)
+    folded = centred.unflatten(-1, (-1, 12, per_semitone)).sum((-3, -1))
+    return log_standardised(folded, valid)
+
+
+def cepstrum(log_spectrum: Tensor, coefficients: int) -> Tensor:
+    """[B, F, bins] -> [B, F, coefficients]: the first coefficients of the orthonormal DCT-II of
+    each frame over its bins (the smooth spectral envelope, as MFCCs are for log-mel), scaled by
+    sqrt(coefficients / bins): an orthonormal DCT keeps the energy of all `bins` values, most of
+    it in these first coefficients, so a standardised input gives values of order 1."""
+    bins = log_spectrum.shape[-1]
+    n = torch.arange(bins, dtype=log_spectrum.dtype, device=log_spectrum.device)
+    k = torch.arange(coefficients, dtype=log_spectrum.dtype, device=log_spectrum.device)
+    basis = torch.cos(torch.pi / bins * (n[:, None] + 0.5) * k[None]) * (2.0 / bins) ** 0.5
+    basis[:, 0] /= 2.0 ** 0.5
+    return log_spectrum @ basis * (coefficients / bins) ** 0.5
+
+
+def head_targets(cfg: PretrainConfig, magnitude: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    """{name: [B, F, width]} of every target of the CQT head, in `cfg.head_targets` order."""
+    logs = log_standardised(magnitude, valid)
+    derived = {
+        "cqt": lambda: logs if cfg.cqt_target == "log_standardised" else magnitude,
+        "flux": lambda: onset_flux(magnitude, valid, cfg.cqt_bins_per_octave),
+        "chroma": lambda: chroma(magnitude, valid, cfg.cqt_bins_per_octave),
+        "timbre": lambda: cepstrum(logs, cfg.timbre_coefficients),
+    }
+    return {name: derived[name]() for name, _, _ in cfg.head_targets}
+
+
 def build_cqt(cfg: PretrainConfig) -> nn.Module:
     from mertkit.pretrain.teachers.cqt import CQT, CQTConfig
 
@@ -154,7 +198,7 @@ class MertPretrainModel(Backbone):
         self.final_proj = nn.Linear(hidden, cfg.final_dim * cfg.n_codebooks)
         self.label_embs_concat = nn.Parameter(torch.empty(cfg.n_codebooks * cfg.codebook_size, cfg.final_dim).uniform_())
         if cfg.cqt:
-            self.cqt_head = nn.Linear(hidden, cfg.cqt_bins + cfg.flux_bands)
+            self.cqt_head = nn.Linear(hidden, sum(width for _, width, _ in cfg.head_targets))
             self.cqt = build_cqt(cfg)  # buffers are not persistent: nothing in the state dict
 
     # ---- forward --------------------------------------------------------------------------
@@ -178,44 +222,38 @@ class MertPretrainModel(Backbone):
         if mixture_generator is not None and cfg.mixture_prob > 0:
             wave, _ = mix_batch(wave, lengths, mixture_settings(cfg), mixture_generator)
         states, valid, square = self.encode(wave, lengths, mask)
-        flux = None
-        if cqt_target is not None and cfg.flux_bands:
-            flux = onset_flux(cqt_target, valid, cfg.cqt_bins_per_octave)
-        if cqt_target is not None and cfg.cqt_target == "log_standardised":
-            cqt_target = log_standardised(cqt_target, valid)
-        if flux is not None:
-            cqt_target = torch.cat([cqt_target, flux], dim=-1)  # the head predicts both
+        regression = None
+        if cqt_target is not None:  # the head predicts every target side by side
+            regression = torch.cat(list(head_targets(cfg, cqt_target, valid).values()), dim=-1)
         selected = mask & valid
         targets = labels[:, :, :frames].transpose(1, 2)  # [B, F, K]
-        ce, cqt, logits = self._frame_terms(states[-1], selected, targets, cqt_target)
-        sums = {"ce": ce, "penalty": (square * valid).sum()}
-        if cqt is not None:
-            sums["cqt"] = cqt
+        ce, errors, logits = self._frame_terms(states[-1], selected, targets, regression)
+        sums = {"ce": ce, "penalty": (square * valid).sum(), **errors}
         if cfg.unmasked_weight > 0:
             # HuBERT's pred_nomask_weight: the same targets on the frames the model sees
-            ce_kept, cqt_kept, _ = self._frame_terms(states[-1], ~mask & valid, targets, cqt_target)
+            ce_kept, errors_kept, _ = self._frame_terms(states[-1], ~mask & valid, targets, regression)
             sums["ce_unmasked"] = ce_kept
-            if cqt_kept is not None:
-                sums["cqt_unmasked"] = cqt_kept
+            sums.update({f"{name}_unmasked": value for name, value in errors_kept.items()})
         with torch.no_grad():
             correct = (logits.argmax(-1) == targets[selected]).sum(0)
         return LossSums(sums, correct, int(selected.sum()), int(valid.sum()))
 
     def _frame_terms(
-        self, last: Tensor, chosen: Tensor, targets: Tensor, cqt_target: Tensor | None
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Summed CE per codebook [K], summed CQT MSE (or None) and the logits, on `chosen` frames."""
+        self, last: Tensor, chosen: Tensor, targets: Tensor, regression: Tensor | None
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Summed CE per codebook [K], {head target: its summed per-frame MSE} and the logits,
+        on `chosen` frames."""
         hidden = last[chosen]  # [N, H]
         logits = self.code_logits(hidden)  # [N, K, V]
         ce = F.cross_entropy(logits.transpose(1, 2), targets[chosen], reduction="none").sum(0)
-        if cqt_target is None:
-            return ce, None, logits
-        error = (self.cqt_head(hidden).float() - cqt_target[chosen]).pow(2)
-        bins = self.config.cqt_bins
-        cqt = error[:, :bins].mean(-1).sum()
-        if self.config.flux_bands:
-            cqt = cqt + self.config.flux_weight * error[:, bins:].mean(-1).sum()
-        return ce, cqt, logits
+        if regression is None:
+            return ce, {}, logits
+        error = (self.cqt_head(hidden).float() - regression[chosen]).pow(2)
+        errors, start = {}, 0
+        for name, width, _ in self.config.head_targets:
+            errors[name] = error[:, start:start + width].mean(-1).sum()
+            start += width
+        return ce, errors, logits
 
     def code_logits(self, hidden: Tensor) -> Tensor:
         """[N, H] -> [N, K, V]: cosine similarity to every code embedding / logit_temp."""
@@ -250,12 +288,14 @@ class MertPretrainModel(Backbone):
         kept = max(counts.unmasked_frames, 1)
         terms = {f"ce_{k}": cfg.ce_weight * value / masked for k, value in enumerate(out.sums["ce"])}
         terms["penalty"] = cfg.penalty_weight * out.sums["penalty"] / max(counts.valid_frames, 1)
-        if "cqt" in out.sums:
-            terms["cqt"] = cfg.cqt_weight * out.sums["cqt"] / masked
+        for name, _, weight in cfg.head_targets:
+            if name in out.sums:
+                terms[name] = weight * out.sums[name] / masked
         if "ce_unmasked" in out.sums:
             terms["ce_unmasked"] = cfg.unmasked_weight * cfg.ce_weight * out.sums["ce_unmasked"].sum() / kept
-        if "cqt_unmasked" in out.sums:
-            terms["cqt_unmasked"] = cfg.unmasked_weight * cfg.cqt_weight * out.sums["cqt_unmasked"] / kept
+        for name, _, weight in cfg.head_targets:
+            if f"{name}_unmasked" in out.sums:
+                terms[f"{name}_unmasked"] = cfg.unmasked_weight * weight * out.sums[f"{name}_unmasked"] / kept
         return terms
 
     @staticmethod
@@ -266,13 +306,15 @@ class MertPretrainModel(Backbone):
             "ce": [round(float(v) / masked, 6) for v in sums["ce"]],
             "penalty": float(sums["penalty"]) / max(counts.valid_frames, 1),
         }
-        if "cqt" in sums:
-            out["cqt_mse"] = float(sums["cqt"]) / masked
         kept = max(counts.unmasked_frames, 1)
+        for name in HEAD_TARGET_NAMES:
+            if name in sums:
+                out[f"{name}_mse"] = float(sums[name]) / masked
         if "ce_unmasked" in sums:
             out["ce_unmasked"] = [round(float(v) / kept, 6) for v in sums["ce_unmasked"]]
-        if "cqt_unmasked" in sums:
-            out["cqt_mse_unmasked"] = float(sums["cqt_unmasked"]) / kept
+        for name in HEAD_TARGET_NAMES:
+            if f"{name}_unmasked" in sums:
+                out[f"{name}_mse_unmasked"] = float(sums[f"{name}_unmasked"]) / kept
         if correct is not None:
             out["accuracy"] = [round(float(v) / masked, 6) for v in correct]
         return out

@@ -71,6 +71,13 @@ class PretrainConfig:
     # from the previous frame, scaled to mean 1 per clip), its MSE times this beside the CQT's:
     # a target that needs time resolution (beats), where the CQT's favours long windows (pitch)
     flux_weight: float = 0.0
+    # > 0: the CQT head also regresses the chroma (the CQT folded into 12 pitch classes, log,
+    # standardised per clip), its MSE times this: pitch class and key, octave-free
+    chroma_weight: float = 0.0
+    # > 0: the CQT head also regresses the first `timbre_coefficients` cepstral coefficients
+    # of the log-standardised CQT (its spectral envelope), its MSE times this: instruments
+    timbre_weight: float = 0.0
+    timbre_coefficients: int = 20
     # CE and CQT also on the unmasked frames, times this (HuBERT's pred_nomask_weight; MERT: 0)
     unmasked_weight: float = 0.0
     # ---- data2vec objective (music2vec) ---------------------------------------------------
@@ -128,6 +135,16 @@ class PretrainConfig:
         return self.cqt_bins // self.cqt_bins_per_octave if self.flux_weight > 0 else 0
 
     @property
+    def head_targets(self) -> list[tuple[str, int, float]]:
+        """(name, width, weight) of what the CQT head regresses, in the order of its outputs:
+        the CQT, then each derived target switched on by a weight > 0; [] without the CQT."""
+        if not self.cqt:
+            return []
+        derived = [("flux", self.flux_bands, self.flux_weight), ("chroma", 12, self.chroma_weight),
+                   ("timbre", self.timbre_coefficients, self.timbre_weight)]
+        return [("cqt", self.cqt_bins, self.cqt_weight)] + [t for t in derived if t[2] > 0]
+
+    @property
     def crop_samples(self) -> int:
         return round(self.crop_seconds * self.sample_rate)
 
@@ -158,6 +175,14 @@ class PretrainConfig:
             (self.flux_weight >= 0, f"flux_weight must be >= 0, got {self.flux_weight}"),
             (self.flux_weight == 0 or (self.cqt and self.cqt_bins % self.cqt_bins_per_octave == 0),
              "flux_weight > 0 needs cqt=true and cqt_bins a whole number of octaves (cqt_bins_per_octave)"),
+            (self.chroma_weight >= 0 and self.timbre_weight >= 0,
+             f"chroma_weight and timbre_weight must be >= 0, got {self.chroma_weight}, {self.timbre_weight}"),
+            (self.chroma_weight == 0 or (self.cqt and self.cqt_bins % self.cqt_bins_per_octave == 0
+                                         and self.cqt_bins_per_octave % 12 == 0),
+             "chroma_weight > 0 needs cqt=true, cqt_bins a whole number of octaves and cqt_bins_per_octave "
+             "a multiple of 12"),
+            (self.timbre_weight == 0 or (self.cqt and 1 <= self.timbre_coefficients <= self.cqt_bins),
+             "timbre_weight > 0 needs cqt=true and 1 <= timbre_coefficients <= cqt_bins"),
             (self.grad_accum >= 1 and self.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
             (0 <= self.warmup_updates <= self.total_updates and self.total_updates >= 1,
              "need 0 <= warmup_updates <= total_updates and total_updates >= 1"),
