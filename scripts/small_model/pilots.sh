@@ -17,8 +17,8 @@
 #   bash scripts/small_model/pilots.sh NAME      # wide-nomix | wide-nocqt | wide-bestrq | wide-mfcc | wide-mfcc-ce05 |
 #                                                # wide-codec | wide-640 | wide-flux01 | wide-flux05 | wide-flux05-long
 # Session 7: the CQT head also predicts chroma and the log CQT's cepstrum (`chroma_weight`,
-# `timbre_weight`) beside the onset flux, two weightings of 1600 updates each:
-#   bash scripts/small_model/pilots.sh NAME      # wide-derived-a | wide-derived-b
+# `timbre_weight`) beside the onset flux, three weightings of 1600 updates each:
+#   bash scripts/small_model/pilots.sh NAME      # wide-derived-a | wide-derived-b | wide-derived-c
 set -euo pipefail
 
 common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
@@ -107,7 +107,11 @@ case "${1:-}" in
     mert pretrain "${wide[@]}" --out wide-derived-b --set total_updates=1600 --set unmasked_weight=1.0 --set ce_weight=0.1 \
       --set 'snapshot_fractions=[0,0.1,0.25,0.5,1.0]' --set cqt_target=log_standardised \
       --set flux_weight=0.3 --set chroma_weight=0.5 --set timbre_weight=1.0 ;;
+  wide-derived-c)  # wide-derived-b with the flux at weight 1.0 (beats)
+    mert pretrain "${wide[@]}" --out wide-derived-c --set total_updates=1600 --set unmasked_weight=1.0 --set ce_weight=0.1 \
+      --set 'snapshot_fractions=[0,0.1,0.25,0.5,1.0]' --set cqt_target=log_standardised \
+      --set flux_weight=1.0 --set chroma_weight=0.5 --set timbre_weight=1.0 ;;
   *)
-    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05|wide-flux05-long|wide-derived-a|wide-derived-b" >&2
+    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05|wide-flux05-long|wide-derived-a|wide-derived-b|wide-derived-c" >&2
     exit 2 ;;
 esac

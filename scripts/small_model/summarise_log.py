@@ -66,6 +66,8 @@ def main(run: Path, labels: Path, out: Path, script: Path | None = None) -> None
         "loss_last": mean(tail, "loss"),
         "cqt_mse_first": mean(head, "cqt_mse"),
         "cqt_mse_last": mean(tail, "cqt_mse"),
+        **{f"{name}_mse_{end}": mean(rows_, f"{name}_mse") for name in ("flux", "chroma", "timbre")
+           if f"{name}_mse" in rows[0] for end, rows_ in (("first", head), ("last", tail))},
         "masked_accuracy_per_codebook_last": [sum(r["accuracy"][k] for r in tail) / len(tail) for k in range(len(tail[0]["accuracy"]))],
         "chance_accuracy": 1 / config["codebook_size"],
         "config": config,

@@ -33,6 +33,7 @@ def test_pretrain_resume_and_export_from_the_command_line(tmp_path):
     assert not (tmp_path / "hf" / "pytorch_model.bin").exists()
     model = mertkit.load(tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())["do_normalize"] is False
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["_name_or_path"] == "hf"  # named after its folder
     with torch.no_grad():
         assert len(model(torch.randn(1, 8000)).hidden_states) == 3
 

@@ -64,8 +64,12 @@ def export_checkpoint(
     formats: tuple[str, ...] = ("bin", "safetensors"),
     do_normalize: bool = False,
 ) -> Path:
-    """Write the official layout; `do_normalize` False because MERT-v1 trains on raw waveforms."""
+    """Write the official layout; `do_normalize` False because MERT-v1 trains on raw waveforms.
+    config.json names the model after `out_dir` (`_name_or_path`, as the hub's files do), so a
+    folder that moves keeps its name (and its registry card, when that is a registry name)."""
     model = backbone_from_checkpoint(checkpoint_path)
     from mertkit.models.checkpoint import save_pretrained
+
+    model.config.extra["_name_or_path"] = Path(out_dir).name
 
     return save_pretrained(model, out_dir, formats=formats, do_normalize=do_normalize)
