@@ -70,7 +70,7 @@ def test_config_errors_name_the_file(tmp_path):
 
 def test_registry_carries_the_input_contract():
     assert set(PRETRAINED) == {"MERT-v1-330M", "MERT-v1-95M", "MERT-v0-public", "MERT-v0", "music2vec-v1",
-                               "MERT-v2-30s", "MERT-v2-FullSong", "mertkit-tiny-synth"}
+                               "MERT-v2-30s", "MERT-v2-FullSong", "mertkit-tiny-music"}
     assert lookup("") is None
     assert lookup("m-a-p/MERT-v1-330M").revision == "7bab7bb5d8b52448eff4873a980dc17f0015a09c"
     assert lookup("mert-v1-95m").sample_rate == 24000 and lookup("music2vec-v1").frame_rate == 50.0
@@ -108,6 +108,8 @@ def test_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
     assert "m-a-p/MERT-v1-95M" in str(err.value) and "--local-dir" in str(err.value)
     with pytest.raises(CheckpointError, match="neither a local directory"):
         mertkit.load("not-a-model")
+    with pytest.raises(CheckpointError, match="no longer shipped: mertkit-tiny-music replaced it"):
+        mertkit.load("mertkit-tiny-synth")
 
 
 def test_sharded_safetensors_and_preprocessor_flag(tmp_path):

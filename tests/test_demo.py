@@ -15,7 +15,7 @@ def test_shipped_model_is_the_offline_default_and_small():
     directory, is_random = demo_model_dir()
     assert not is_random and directory == asset(SHIPPED_MODEL)
     weights = directory / "model.safetensors"
-    assert weights.stat().st_size <= 15_000_000
+    assert weights.stat().st_size <= 40_000_000  # the size the package may ship
     summary = json.loads((directory / "training_summary.json").read_text())
     assert summary["updates"] > 0 and summary["loss_last"] < summary["loss_first"]
     model = mertkit.load(directory)
@@ -35,5 +35,5 @@ def test_demo_command_runs_offline(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "RANDOM" not in result.output
-    assert "pool=none: hidden_states [5, 598, 256]" in result.output
+    assert "pool=none: hidden_states [5, 594, 256]" in result.output  # 372 + 222 frames of 5 s windows
     assert (tmp_path / "demo" / "mean" / f"{EXAMPLE_AUDIO}.safetensors").is_file()

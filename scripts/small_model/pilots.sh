@@ -19,6 +19,9 @@
 # Session 7: the CQT head also predicts chroma and the log CQT's cepstrum (`chroma_weight`,
 # `timbre_weight`) beside the onset flux, three weightings of 1600 updates each:
 #   bash scripts/small_model/pilots.sh NAME      # wide-derived-a | wide-derived-b | wide-derived-c
+# and the ablations of the shipped recipe (wide-derived-b) at the reduced budget (600 updates,
+# probed at update 300), one piece removed each:
+#   bash scripts/small_model/pilots.sh NAME      # final-600 | final-nomix | final-noflux | final-nochroma-timbre
 set -euo pipefail
 
 common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
@@ -27,6 +30,9 @@ snapshots=(--set 'snapshot_fractions=[0,0.1,0.25,0.5,0.75,1.0]')
 wide_base=(--config tiny-wide --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
            --set log_interval=20 --set ckpt_interval=100 --set warmup_updates=50 --audio corpus_v)
 wide=("${wide_base[@]}" --labels labels_v)
+shipped=(--set unmasked_weight=1.0 --set ce_weight=0.1 --set cqt_target=log_standardised --set flux_weight=0.3
+         --set chroma_weight=0.5 --set timbre_weight=1.0)
+short=(--set total_updates=600 --set 'snapshot_fractions=[0,0.5,1.0]')
 ablation=(--set total_updates=600 --set unmasked_weight=1.0 --set ce_weight=0.1 --set 'snapshot_fractions=[0,0.5,1.0]')
 fast=(--set lr=2e-3 --set unmasked_weight=1.0 --set total_updates=1400 --set warmup_updates=100)
 
@@ -111,7 +117,15 @@ case "${1:-}" in
     mert pretrain "${wide[@]}" --out wide-derived-c --set total_updates=1600 --set unmasked_weight=1.0 --set ce_weight=0.1 \
       --set 'snapshot_fractions=[0,0.1,0.25,0.5,1.0]' --set cqt_target=log_standardised \
       --set flux_weight=1.0 --set chroma_weight=0.5 --set timbre_weight=1.0 ;;
+  final-600)  # the shipped recipe on the reduced schedule
+    mert pretrain "${wide[@]}" --out final-600 "${shipped[@]}" "${short[@]}" ;;
+  final-nomix)  # ... without the in-batch mixture
+    mert pretrain "${wide[@]}" --out final-nomix "${shipped[@]}" "${short[@]}" --set mixture_prob=0 ;;
+  final-noflux)  # ... without the onset flux target
+    mert pretrain "${wide[@]}" --out final-noflux "${shipped[@]}" "${short[@]}" --set flux_weight=0 ;;
+  final-nochroma-timbre)  # ... without the chroma and cepstrum targets
+    mert pretrain "${wide[@]}" --out final-nochroma-timbre "${shipped[@]}" "${short[@]}" --set chroma_weight=0 --set timbre_weight=0 ;;
   *)
-    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05|wide-flux05-long|wide-derived-a|wide-derived-b|wide-derived-c" >&2
+    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05|wide-flux05-long|wide-derived-a|wide-derived-b|wide-derived-c|final-600|final-nomix|final-noflux|final-nochroma-timbre" >&2
     exit 2 ;;
 esac

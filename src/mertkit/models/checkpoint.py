@@ -22,7 +22,7 @@ from mertkit.fileio import atomic_write, write_json
 from mertkit.models.family import FamilyModel, read_config
 from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_object
 from mertkit.models.hubert.model import MertModel
-from mertkit.models.registry import ModelCard, asset_dir, lookup
+from mertkit.models.registry import RETIRED, ModelCard, asset_dir, lookup
 
 # Weight-norm tensors of the positional conv: newer torch/transformers save the
 # parametrisation's names, the hub files the legacy ones. Both map to ours.
@@ -103,6 +103,8 @@ def resolve(
     if card is not None and card.asset is not None:
         return _shipped(card), card, None
     hub_id = card.hub_id if card else name
+    if card is None and name.lower() in RETIRED:
+        raise CheckpointError(f"{name!r} is no longer shipped: {RETIRED[name.lower()]}")
     if card is None and name.count("/") != 1:
         raise CheckpointError(
             f"{name!r} is neither a local directory, a hub id ('owner/name') nor a known model "

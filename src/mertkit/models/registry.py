@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 # The model inside the package: the offline default of `mert demo`, `mert eval` and mertkit.hear.
-SHIPPED_MODEL = "mertkit-tiny-synth"
+SHIPPED_MODEL = "mertkit-tiny-music"
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,13 @@ PRETRAINED: dict[str, ModelCard] = {
         # Pre-trained by mertkit itself (see README): works offline, not a research model.
         ModelCard(SHIPPED_MODEL, None, None, 24000, 75.0, 5, False, 5.0, license="Apache-2.0", asset="model"),
     )
+}
+
+
+# Names the package no longer ships, and what took their place (an error says so).
+RETIRED: dict[str, str] = {
+    "mertkit-tiny-synth": f"{SHIPPED_MODEL} replaced it as the shipped model (it knew less than its own "
+                          "random initialisation; see scripts/small_model/README.md)",
 }
 
 
