@@ -20,15 +20,13 @@ import torch
 import mertkit
 from mertkit.pretrain.diagnostics import available_tasks, pooled_hidden_states, probe_states, suite_clips
 from mertkit.pretrain.pretrain_config import PretrainConfig
-from mertkit.pretrain.trainer import build_model
+from mertkit.pretrain.trainer import initial_model
 
 
 def initial_backbone(summary_path: Path) -> torch.nn.Module:
-    """The backbone the trainer started from: same config, same `torch.manual_seed(cfg.seed)`."""
+    """The backbone the trainer started from, rebuilt from the summary's config and seed."""
     config = json.loads(summary_path.read_text(encoding="utf-8"))["config"]
-    cfg = PretrainConfig.from_dict(config, source=str(summary_path))
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg).backbone.eval()
+    return initial_model(PretrainConfig.from_dict(config, source=str(summary_path))).backbone.eval()
 
 
 def probe_line(name: str, backbone: torch.nn.Module, suite: Path, sample_rate: int) -> str:

@@ -133,3 +133,17 @@ def test_a_snapshot_exports_like_a_checkpoint(tiny_run, tmp_path):
     torch.save({"format": "something-else", "model": {}}, tmp_path / "other.pt")
     with pytest.raises(ExportError, match="other.pt: not a mertkit pre-training checkpoint or snapshot"):
         export_checkpoint(tmp_path / "other.pt", tmp_path / "x")
+
+
+def test_the_initial_weights_are_rebuilt_from_the_config_alone(tiny_run):
+    """Update 0 of a probe curve survives its run: `initial_model(cfg)` is snapshot 0, exactly."""
+    from mertkit.pretrain.trainer import initial_model
+
+    root, _ = tiny_run
+    cfg, snapshot, _ = load_snapshot(snapshot_paths(root / "run")[0][1])
+    torch.manual_seed(12345)  # whatever the global stream was, the rebuild does not depend on it
+    rebuilt = initial_model(cfg).state_dict()
+    assert rebuilt.keys() == snapshot.state_dict().keys()
+    assert all(torch.equal(rebuilt[k], v) for k, v in snapshot.state_dict().items())
+    _, later, _ = load_snapshot(snapshot_paths(root / "run")[-1][1])
+    assert not all(torch.equal(rebuilt[k], v) for k, v in later.state_dict().items())

@@ -97,8 +97,7 @@ def train(
         cfg.save_json(out / "config.json")
 
     # ---- model, optimiser, precision ---------------------------------------------------
-    torch.manual_seed(cfg.seed)  # identical initial weights on every process
-    model = build_model(cfg).to(env.device)
+    model = initial_model(cfg).to(env.device)
     if cfg.init_from and checkpoint is None:
         load_released_backbone(model, cfg.init_from)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -213,6 +212,13 @@ def build_model(cfg: PretrainConfig) -> MertPretrainModel:
 
         return Data2VecPretrainModel(cfg)
     return MertPretrainModel(cfg)
+
+
+def initial_model(cfg: PretrainConfig) -> MertPretrainModel:
+    """The run's initial weights, a function of `cfg.seed` alone: identical on every process,
+    and rebuildable from a saved config (update 0 of a probe curve, after the run is gone)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg)
 
 
 def frame_lengths(model: MertPretrainModel, lengths: Tensor) -> Tensor:
