@@ -21,7 +21,8 @@
 #   bash scripts/small_model/pilots.sh NAME      # wide-derived-a | wide-derived-b | wide-derived-c
 # and the ablations of the shipped recipe (wide-derived-b) at the reduced budget (600 updates,
 # probed at update 300), one piece removed each:
-#   bash scripts/small_model/pilots.sh NAME      # final-600 | final-nomix | final-noflux | final-nochroma-timbre
+#   bash scripts/small_model/pilots.sh NAME      # final-600 | final-nomix | final-noflux | final-nochroma-timbre |
+#                                                # final-noce | final-bestrq (labels_bestrq: wide-teachers)
 set -euo pipefail
 
 common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
@@ -125,7 +126,11 @@ case "${1:-}" in
     mert pretrain "${wide[@]}" --out final-noflux "${shipped[@]}" "${short[@]}" --set flux_weight=0 ;;
   final-nochroma-timbre)  # ... without the chroma and cepstrum targets
     mert pretrain "${wide[@]}" --out final-nochroma-timbre "${shipped[@]}" "${short[@]}" --set chroma_weight=0 --set timbre_weight=0 ;;
+  final-noce)  # ... without the teacher's codes (CE weight 0): the CQT head's targets alone
+    mert pretrain "${wide[@]}" --out final-noce "${shipped[@]}" "${short[@]}" --set ce_weight=0 ;;
+  final-bestrq)  # ... with BEST-RQ codes instead of k-means on log-mel + chroma
+    mert pretrain "${wide_base[@]}" --labels labels_bestrq --out final-bestrq "${shipped[@]}" "${short[@]}" ;;
   *)
-    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05|wide-flux05-long|wide-derived-a|wide-derived-b|wide-derived-c|final-600|final-nomix|final-noflux|final-nochroma-timbre" >&2
+    echo "usage: bash scripts/small_model/pilots.sh data|recipe|unmasked|lr|logcqt|cqt_only|ce01|varied|wide-data|wide-recipe|wide-cqt|wide-ce01|wide-logcqt|wide-teachers|wide-nomix|wide-nocqt|wide-bestrq|wide-mfcc|wide-mfcc-ce05|wide-codec|wide-640|wide-flux01|wide-flux05|wide-flux05-long|wide-derived-a|wide-derived-b|wide-derived-c|final-600|final-nomix|final-noflux|final-nochroma-timbre|final-noce|final-bestrq" >&2
     exit 2 ;;
 esac

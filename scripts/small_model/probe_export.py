@@ -7,7 +7,8 @@ run's seed) still give the curve's two ends on the same probes:
 
     python scripts/small_model/probe_export.py src/mertkit/assets/model suite
 
-Prints one line per model: the test accuracy and best layer of each suite task.
+Prints one line per model: the test accuracy and best layer of each suite task; then the
+classic clip features of `mert eval` (MFCC, chroma, log-mel stats) under the same probe.
 """
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import mertkit
+from mertkit.audio import load_audio
+from mertkit.eval.baselines import BASELINES, SpectralConfig
 from mertkit.pretrain.diagnostics import available_tasks, pooled_hidden_states, probe_states, suite_clips
 from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.trainer import initial_model
@@ -29,14 +33,23 @@ def initial_backbone(summary_path: Path) -> torch.nn.Module:
     return initial_model(PretrainConfig.from_dict(config, source=str(summary_path))).backbone.eval()
 
 
-def probe_line(name: str, backbone: torch.nn.Module, suite: Path, sample_rate: int) -> str:
+def probe_line(name: str, features, suite: Path) -> str:
+    """`features(paths)` -> [clips, layers, dims]; one probe per layer, the best on validation."""
     parts = []
     for task in available_tasks(suite):
         clips = suite_clips(suite, task)
-        pooled = pooled_hidden_states(backbone, [c.path for c in clips], sample_rate)
-        result = probe_states(pooled, clips)
+        result = probe_states(features([c.path for c in clips]), clips)
         parts.append(f"{task} {result['test_accuracy']:.3f} (L{result['best_layer']})")
     return f"{name}: " + ", ".join(parts)
+
+
+def model_features(backbone: torch.nn.Module, sample_rate: int):
+    return lambda paths: pooled_hidden_states(backbone, paths, sample_rate)
+
+
+def baseline_features(name: str):
+    cfg = SpectralConfig()
+    return lambda paths: np.stack([BASELINES[name](load_audio(p, cfg.sample_rate), cfg) for p in paths])
 
 
 def main() -> None:
@@ -48,8 +61,10 @@ def main() -> None:
     rate = mertkit.contract_of(model).sample_rate
     summary = args.model / "training_summary.json"
     if summary.is_file():
-        print(probe_line("initialisation", initial_backbone(summary), args.suite, rate), flush=True)
-    print(probe_line(args.model.name, model, args.suite, rate), flush=True)
+        print(probe_line("initialisation", model_features(initial_backbone(summary), rate), args.suite), flush=True)
+    print(probe_line(args.model.name, model_features(model, rate), args.suite), flush=True)
+    for name in BASELINES:
+        print(probe_line(f"{name} stats", baseline_features(name), args.suite), flush=True)
 
 
 if __name__ == "__main__":
