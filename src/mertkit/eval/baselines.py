@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mertkit.dsp import dct_ii_orthonormal
 from mertkit.eval.datasets import SPLITS, Record, TaskSpec, encode_labels
 from mertkit.eval.features import FeatureError, FeatureSplits, SplitData
 
@@ -82,15 +83,6 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     falling = (upper - fft_hz) / (upper - centre)
     triangles = np.maximum(0.0, np.minimum(rising, falling))
     return triangles * (2.0 / (upper - lower))
-
-
-def dct_ii_orthonormal(n_input: int, n_output: int) -> np.ndarray:
-    """[n_output, n_input] orthonormal DCT-II matrix."""
-    k = np.arange(n_output)[:, None]
-    n = np.arange(n_input)[None, :]
-    basis = np.cos(np.pi * k * (2 * n + 1) / (2 * n_input)) * np.sqrt(2.0 / n_input)
-    basis[0] /= np.sqrt(2.0)
-    return basis
 
 
 def log_mel(wave: np.ndarray, cfg: SpectralConfig = SpectralConfig()) -> np.ndarray:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mertkit.dsp import dct_ii_orthonormal
 from mertkit.models.hubert.model import MertModel, frame_mask
 from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.mixture import MixtureSettings, mix_batch
@@ -125,10 +126,7 @@ def cepstrum(log_spectrum: Tensor, coefficients: int) -> Tensor:
     sqrt(coefficients / bins): an orthonormal DCT keeps the energy of all `bins` values, most of
     it in these first coefficients, so a standardised input gives values of order 1."""
     bins = log_spectrum.shape[-1]
-    n = torch.arange(bins, dtype=log_spectrum.dtype, device=log_spectrum.device)
-    k = torch.arange(coefficients, dtype=log_spectrum.dtype, device=log_spectrum.device)
-    basis = torch.cos(torch.pi / bins * (n[:, None] + 0.5) * k[None]) * (2.0 / bins) ** 0.5
-    basis[:, 0] /= 2.0 ** 0.5
+    basis = torch.as_tensor(dct_ii_orthonormal(bins, coefficients).T, dtype=log_spectrum.dtype, device=log_spectrum.device)
     return log_spectrum @ basis * (coefficients / bins) ** 0.5
 
 
