@@ -5,8 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import numpy as np
+
 from mertkit.pretrain.mlm_model import (
-    Counts, MertPretrainModel, PretrainInputError, cepstrum, chroma, log_standardised, onset_flux,
+    Counts, MertPretrainModel, PretrainInputError, TextureSpectrogram, cepstrum, chroma, local_statistics,
+    log_standardised, onset_flux, texture, texture_half_width,
 )
 from pretrain_fixtures import tiny_config
 
@@ -133,9 +136,9 @@ def test_onset_flux_rises_on_the_frame_a_band_gets_louder():
 def test_derived_targets_widen_the_cqt_head_and_each_gets_its_weighted_term():
     torch.manual_seed(0)
     model = MertPretrainModel(tiny_config(flux_weight=2.0, chroma_weight=0.5, timbre_weight=3.0,
-                                          timbre_coefficients=5, unmasked_weight=1.0)).eval()
+                                          timbre_coefficients=5, texture_weight=0.7, unmasked_weight=1.0)).eval()
     cfg = model.config
-    assert cfg.flux_bands == 3 and model.cqt_head.out_features == cfg.cqt_bins + 3 + 12 + 5
+    assert cfg.flux_bands == 3 and model.cqt_head.out_features == cfg.cqt_bins + 3 + 12 + 5 + 15
     wave, lengths, labels, mask = _inputs(model)
     out = model(wave, lengths, labels, mask)
     ref = model.backbone(wave, lengths, mask_time_indices=mask)
@@ -146,6 +149,7 @@ def test_derived_targets_widen_the_cqt_head_and_each_gets_its_weighted_term():
         "flux": onset_flux(magnitude, valid, cfg.cqt_bins_per_octave),
         "chroma": chroma(magnitude, valid, cfg.cqt_bins_per_octave),
         "timbre": cepstrum(log_standardised(magnitude, valid), 5),
+        "texture": texture(model.texture_spectrogram(wave, mask.shape[1]), valid, 5, texture_half_width(cfg)),
     }
     counts = Counts(out.masked_frames, out.valid_frames)
     terms = model.loss_terms(out, counts)
@@ -158,8 +162,8 @@ def test_derived_targets_widen_the_cqt_head_and_each_gets_its_weighted_term():
             assert torch.allclose(out.sums[name + suffix], expected, rtol=1e-5), name + suffix
             assert torch.allclose(terms[name + suffix], weight * expected / count, rtol=1e-5)
         start += width
-    assert [name for name, _, _ in cfg.head_targets] == ["cqt", "flux", "chroma", "timbre"]
-    assert {"flux_mse", "chroma_mse_unmasked", "timbre_mse"} <= set(model.metrics({k: v.detach() for k, v in out.sums.items()}, out.correct, counts))
+    assert [name for name, _, _ in cfg.head_targets] == ["cqt", "flux", "chroma", "timbre", "texture"]
+    assert {"flux_mse", "chroma_mse_unmasked", "timbre_mse", "texture_mse"} <= set(model.metrics({k: v.detach() for k, v in out.sums.items()}, out.correct, counts))
 
 
 def test_chroma_folds_octaves_and_the_bins_around_each_semitone():
@@ -200,6 +204,65 @@ def test_derived_targets_need_a_cqt_they_fit():
         tiny_config(timbre_weight=1.0, timbre_coefficients=0)
     with pytest.raises(PretrainConfigError, match="timbre_weight"):
         tiny_config(timbre_weight=1.0, cqt=False)
+    with pytest.raises(PretrainConfigError, match="texture_weight"):
+        tiny_config(texture_weight=1.0, cqt=False)
+    with pytest.raises(PretrainConfigError, match="texture_weight"):
+        tiny_config(texture_weight=1.0, timbre_coefficients=65)
+    with pytest.raises(PretrainConfigError, match="texture_window_seconds"):
+        tiny_config(texture_weight=1.0, texture_window_seconds=0.0)
+
+
+def test_local_statistics_match_a_frame_by_frame_loop_over_valid_frames():
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, 6:] = False  # a shorter clip: its padding frames never enter a window
+    got = local_statistics(values, valid, half_width=2)
+    assert got.shape == (2, 9, 9)
+    x = values.numpy()
+    for b in range(2):
+        change = np.diff(x[b], axis=0, prepend=x[b, :1])
+        last = int(valid[b].sum())
+        for t in range(last):
+            window = slice(max(0, t - 2), min(last, t + 3))
+            expected = np.concatenate([x[b, window].mean(0), np.log(x[b, window].std(0) + 1e-2),
+                                       np.log(change[window].std(0) + 1e-2)])
+            np.testing.assert_allclose(got[b, t].numpy(), expected, atol=1e-9)
+
+
+def test_local_statistics_tell_steady_from_moving_sounds():
+    steady = torch.ones(1, 20, 1)
+    moving = torch.sin(torch.arange(20.0) * 1.3)[None, :, None]
+    valid = torch.ones(1, 20, dtype=torch.bool)
+    still, busy = (local_statistics(v, valid, half_width=3)[0, 10] for v in (steady, moving))
+    assert float(still[1]) == pytest.approx(np.log(1e-2)) and float(still[2]) == pytest.approx(np.log(1e-2))
+    assert float(busy[1]) > np.log(0.3) and float(busy[2]) > np.log(0.3)
+
+
+def test_texture_spectrogram_frames_a_tone_on_the_model_grid_up_to_nyquist():
+    sample_rate, hop, frames = 24000, 320, 40
+    seconds = np.arange(hop * frames) / sample_rate
+    wave = torch.tensor(np.sin(2 * np.pi * 9000.0 * seconds), dtype=torch.float32)[None]  # above the CQT's top
+    wave[:, : hop * 20] = 0.0  # silent first half: frame t is centred on sample t * hop
+    mel = TextureSpectrogram(sample_rate, hop)(wave, frames)
+    assert mel.shape == (1, frames, 64)
+    from mertkit.pretrain.kmeans import mel_filterbank
+
+    centres = np.argmax(mel_filterbank(sample_rate, 1024, 64), axis=1) * sample_rate / 1024
+    assert abs(centres[int(mel[0, 30].argmax())] - 9000.0) < 600.0
+    energy = mel[0].sum(-1)
+    assert float(energy[:17].max()) < 1e-6 * float(energy[30])  # frames whose window ends before the tone
+    assert float(energy[19]) > 0.0  # the window centred 320 samples before the tone reaches it
+
+
+def test_texture_is_free_of_gain():
+    g = torch.Generator().manual_seed(1)
+    wave = torch.randn(1, 320 * 30, generator=g)
+    spectrogram = TextureSpectrogram(24000, 320)
+    valid = torch.ones(1, 30, dtype=torch.bool)
+    loud, quiet = (texture(spectrogram(w, 30), valid, 6, half_width=4) for w in (wave, wave * 0.25))
+    assert loud.shape == (1, 30, 18)
+    assert torch.allclose(loud, quiet, atol=1e-3)
 
 
 def _grads(mult: float):

@@ -14,7 +14,9 @@ One training forward, in order:
    taken on the unmasked frames, weighted by it. The CQT head can also predict targets derived
    from the same CQT, each its own term with its own weight (`PretrainConfig.head_targets`):
    the onset flux of each octave (`onset_flux`, `flux_weight`), the chroma (`chroma`,
-   `chroma_weight`) and the cepstrum of the log CQT (`cepstrum`, `timbre_weight`).
+   `chroma_weight`) and the cepstrum of the log CQT (`cepstrum`, `timbre_weight`); and one
+   target from a full-band log-mel spectrogram of the clean waveform: the local statistics of
+   its cepstrum (`texture`, `texture_weight`).
 
 Every loss term is returned as a *sum* (over masked frames, or over valid frames for the
 penalty) with its count, so the trainer can divide by counts summed over all micro-batches
@@ -32,11 +34,12 @@ from torch import Tensor, nn
 
 from mertkit.dsp import dct_ii_orthonormal
 from mertkit.models.hubert.model import MertModel, frame_mask
-from mertkit.pretrain.pretrain_config import PretrainConfig
+from mertkit.pretrain.kmeans import mel_filterbank
+from mertkit.pretrain.pretrain_config import TEXTURE_FFT, TEXTURE_MELS, PretrainConfig
 from mertkit.pretrain.mixture import MixtureSettings, mix_batch
 
 
-HEAD_TARGET_NAMES = ("cqt", "flux", "chroma", "timbre")  # `PretrainConfig.head_targets`'s names
+HEAD_TARGET_NAMES = ("cqt", "flux", "chroma", "timbre", "texture")  # `PretrainConfig.head_targets`'s names
 
 
 class PretrainInputError(ValueError):
@@ -130,16 +133,80 @@ def cepstrum(log_spectrum: Tensor, coefficients: int) -> Tensor:
     return log_spectrum @ basis * (coefficients / bins) ** 0.5
 
 
-def head_targets(cfg: PretrainConfig, magnitude: Tensor, valid: Tensor) -> dict[str, Tensor]:
-    """{name: [B, F, width]} of every target of the CQT head, in `cfg.head_targets` order."""
+def local_statistics(values: Tensor, valid: Tensor, half_width: int, eps: float = 1e-2) -> Tensor:
+    """[B, F, C] -> [B, F, 3C]: over the valid frames within +-`half_width` of each frame, the
+    mean of `values`, the log(std + eps) of `values` and the log(std + eps) of their change from
+    the previous frame (0 on the first). Logs, so that steady and moving sounds differ by
+    amounts of order 1 rather than by orders of magnitude."""
+    change = F.pad(values[:, 1:] - values[:, :-1], (0, 0, 1, 0))
+    weight = valid[:, :, None].to(values.dtype)
+
+    def window_sum(x: Tensor) -> Tensor:  # [B, F, C] summed over the window, edges zero-padded
+        kernel = 2 * half_width + 1
+        return F.avg_pool1d(x.transpose(1, 2), kernel, stride=1, padding=half_width,
+                            count_include_pad=True).transpose(1, 2) * kernel
+
+    count = window_sum(weight).clamp_min(1)
+
+    def mean_and_log_std(x: Tensor) -> tuple[Tensor, Tensor]:
+        mean = window_sum(x * weight) / count
+        variance = (window_sum(x.pow(2) * weight) / count - mean.pow(2)).clamp_min(0)
+        return mean, torch.log(variance.sqrt() + eps)
+
+    mean, spread = mean_and_log_std(values)
+    _, movement = mean_and_log_std(change)
+    return torch.cat([mean, spread, movement], dim=-1)
+
+
+class TextureSpectrogram(nn.Module):
+    """Mel power [B, F, TEXTURE_MELS] of a waveform on the model's frame grid: centred Hann
+    frames every `hop` samples (frame t centred on sample t * hop, as the CQT's), cropped to
+    the model's frame count. Buffers are not persistent: nothing in the state dict."""
+
+    def __init__(self, sample_rate: int, hop: int):
+        super().__init__()
+        self.hop = hop
+        self.register_buffer("window", torch.hann_window(TEXTURE_FFT), persistent=False)
+        bank = torch.as_tensor(mel_filterbank(sample_rate, TEXTURE_FFT, TEXTURE_MELS), dtype=torch.float32)
+        self.register_buffer("bank", bank, persistent=False)
+
+    def forward(self, wave: Tensor, num_frames: int) -> Tensor:
+        spectrum = torch.stft(wave.float(), TEXTURE_FFT, self.hop, window=self.window, center=True,
+                              pad_mode="constant", return_complex=True)
+        power = spectrum.abs().pow(2)[..., :num_frames]  # [B, bins, F]
+        return (self.bank @ power).transpose(1, 2)
+
+
+def texture(mel_power: Tensor, valid: Tensor, coefficients: int, half_width: int) -> Tensor:
+    """[B, F, mels] mel power -> [B, F, 3 * coefficients]: `local_statistics` of the cepstrum
+    of the clip's log-standardised log-mel (gain-free, the shape across bands kept)."""
+    return local_statistics(cepstrum(log_standardised(mel_power, valid), coefficients), valid, half_width)
+
+
+def head_targets(cfg: PretrainConfig, magnitude: Tensor, valid: Tensor,
+                 mel_power: Tensor | None = None) -> dict[str, Tensor]:
+    """{name: [B, F, width]} of every target of the CQT head, in `cfg.head_targets` order;
+    `mel_power` ([B, F, mels], `TextureSpectrogram`) is needed by the texture target only."""
     logs = log_standardised(magnitude, valid)
     derived = {
         "cqt": lambda: logs if cfg.cqt_target == "log_standardised" else magnitude,
         "flux": lambda: onset_flux(magnitude, valid, cfg.cqt_bins_per_octave),
         "chroma": lambda: chroma(magnitude, valid, cfg.cqt_bins_per_octave),
         "timbre": lambda: cepstrum(logs, cfg.timbre_coefficients),
+        "texture": lambda: texture(_required(mel_power), valid, cfg.timbre_coefficients, texture_half_width(cfg)),
     }
     return {name: derived[name]() for name, _, _ in cfg.head_targets}
+
+
+def texture_half_width(cfg: PretrainConfig) -> int:
+    """The texture window's half-width in model frames."""
+    return max(1, round(cfg.texture_window_seconds * cfg.label_rate))
+
+
+def _required(mel_power: Tensor | None) -> Tensor:
+    if mel_power is None:
+        raise PretrainInputError("the texture target needs the mel spectrogram (TextureSpectrogram)")
+    return mel_power
 
 
 def build_cqt(cfg: PretrainConfig) -> nn.Module:
@@ -198,6 +265,8 @@ class MertPretrainModel(Backbone):
         if cfg.cqt:
             self.cqt_head = nn.Linear(hidden, sum(width for _, width, _ in cfg.head_targets))
             self.cqt = build_cqt(cfg)  # buffers are not persistent: nothing in the state dict
+        if cfg.texture_weight > 0:
+            self.texture_spectrogram = TextureSpectrogram(cfg.sample_rate, cfg.mert_config().hop_length)
 
     # ---- forward --------------------------------------------------------------------------
     def forward(
@@ -213,16 +282,18 @@ class MertPretrainModel(Backbone):
         cfg = self.config
         frames = self.frame_count(wave.shape[1])
         self._check(wave, labels, mask, frames)
-        cqt_target = None
+        cqt_target = mel_power = None
         if cfg.cqt:
             with torch.no_grad():
                 cqt_target = self.cqt(wave.float(), num_frames=frames).transpose(1, 2)  # [B, F, bins]
+                if cfg.texture_weight > 0:
+                    mel_power = self.texture_spectrogram(wave, frames)
         if mixture_generator is not None and cfg.mixture_prob > 0:
             wave, _ = mix_batch(wave, lengths, mixture_settings(cfg), mixture_generator)
         states, valid, square = self.encode(wave, lengths, mask)
         regression = None
         if cqt_target is not None:  # the head predicts every target side by side
-            regression = torch.cat(list(head_targets(cfg, cqt_target, valid).values()), dim=-1)
+            regression = torch.cat(list(head_targets(cfg, cqt_target, valid, mel_power).values()), dim=-1)
         selected = mask & valid
         targets = labels[:, :, :frames].transpose(1, 2)  # [B, F, K]
         ce, errors, logits = self._frame_terms(states[-1], selected, targets, regression)

@@ -27,6 +27,10 @@ PRESET_NAMES = ("tiny", "tiny-wide", "95m", "330m")
 OBJECTIVES = ("mlm", "data2vec")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CQT_TARGETS = ("magnitude", "log_standardised")
+# The texture target's log-mel spectrogram: 1024-sample Hann frames (43 ms at 24 kHz), 64 HTK
+# mel bands from 0 Hz to Nyquist: the k-means teacher's spectrogram (`pretrain.kmeans`)
+TEXTURE_FFT = 1024
+TEXTURE_MELS = 64
 
 
 class PretrainConfigError(ValueError):
@@ -78,6 +82,13 @@ class PretrainConfig:
     # of the log-standardised CQT (its spectral envelope), its MSE times this: instruments
     timbre_weight: float = 0.0
     timbre_coefficients: int = 20
+    # > 0: the CQT head also regresses the *texture* of the full band (the CQT stops at ~4 kHz):
+    # over +-`texture_window_seconds` around each frame, the mean, log std and log std of the
+    # frame-to-frame change of the first `timbre_coefficients` cepstral coefficients of a
+    # log-mel spectrogram up to Nyquist, its MSE times this: how an instrument's envelope
+    # sounds and moves (attack, decay, vibrato), what MFCC statistics capture
+    texture_weight: float = 0.0
+    texture_window_seconds: float = 0.25
     # CE and CQT also on the unmasked frames, times this (HuBERT's pred_nomask_weight; MERT: 0)
     unmasked_weight: float = 0.0
     # ---- data2vec objective (music2vec) ---------------------------------------------------
@@ -141,7 +152,8 @@ class PretrainConfig:
         if not self.cqt:
             return []
         derived = [("flux", self.flux_bands, self.flux_weight), ("chroma", 12, self.chroma_weight),
-                   ("timbre", self.timbre_coefficients, self.timbre_weight)]
+                   ("timbre", self.timbre_coefficients, self.timbre_weight),
+                   ("texture", 3 * self.timbre_coefficients, self.texture_weight)]
         return [("cqt", self.cqt_bins, self.cqt_weight)] + [t for t in derived if t[2] > 0]
 
     @property
@@ -183,6 +195,11 @@ class PretrainConfig:
              "a multiple of 12"),
             (self.timbre_weight == 0 or (self.cqt and 1 <= self.timbre_coefficients <= self.cqt_bins),
              "timbre_weight > 0 needs cqt=true and 1 <= timbre_coefficients <= cqt_bins"),
+            (self.texture_weight >= 0 and self.texture_window_seconds > 0,
+             f"texture_weight must be >= 0 and texture_window_seconds > 0, got {self.texture_weight}, "
+             f"{self.texture_window_seconds}"),
+            (self.texture_weight == 0 or (self.cqt and 1 <= self.timbre_coefficients <= TEXTURE_MELS),
+             f"texture_weight > 0 needs cqt=true (the CQT head) and 1 <= timbre_coefficients <= {TEXTURE_MELS}"),
             (self.grad_accum >= 1 and self.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
             (0 <= self.warmup_updates <= self.total_updates and self.total_updates >= 1,
              "need 0 <= warmup_updates <= total_updates and total_updates >= 1"),
