@@ -23,7 +23,9 @@ def recipe_line(config: dict, teacher: str) -> str:
     if config["cqt"]:
         parts.append(f"CQT reconstruction ({config.get('cqt_target', 'magnitude')}, weight {config['cqt_weight']})")
     derived = {"flux_weight": "onset flux of each octave", "chroma_weight": "chroma",
-               "timbre_weight": f"{config.get('timbre_coefficients', 20)} cepstral coefficients of the log CQT"}
+               "timbre_weight": f"{config.get('timbre_coefficients', 20)} cepstral coefficients of the log CQT",
+               "texture_weight": f"local statistics (+-{config.get('texture_window_seconds', 0.25)} s) of a full-band "
+                                 "log-mel cepstrum"}
     for key, what in derived.items():
         if config.get(key, 0) > 0:
             parts.append(f"{what} on the CQT head (weight {config[key]})")
@@ -66,7 +68,7 @@ def main(run: Path, labels: Path, out: Path, script: Path | None = None) -> None
         "loss_last": mean(tail, "loss"),
         "cqt_mse_first": mean(head, "cqt_mse"),
         "cqt_mse_last": mean(tail, "cqt_mse"),
-        **{f"{name}_mse_{end}": mean(rows_, f"{name}_mse") for name in ("flux", "chroma", "timbre")
+        **{f"{name}_mse_{end}": mean(rows_, f"{name}_mse") for name in ("flux", "chroma", "timbre", "texture")
            if f"{name}_mse" in rows[0] for end, rows_ in (("first", head), ("last", tail))},
         "masked_accuracy_per_codebook_last": [sum(r["accuracy"][k] for r in tail) / len(tail) for k in range(len(tail[0]["accuracy"]))],
         "chance_accuracy": 1 / config["codebook_size"],

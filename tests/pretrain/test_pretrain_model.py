@@ -225,8 +225,7 @@ def test_local_statistics_match_a_frame_by_frame_loop_over_valid_frames():
         last = int(valid[b].sum())
         for t in range(last):
             window = slice(max(0, t - 2), min(last, t + 3))
-            expected = np.concatenate([x[b, window].mean(0), np.log(x[b, window].std(0) + 1e-2),
-                                       np.log(change[window].std(0) + 1e-2)])
+            expected = np.concatenate([x[b, window].mean(0), x[b, window].std(0), change[window].std(0)])
             np.testing.assert_allclose(got[b, t].numpy(), expected, atol=1e-9)
 
 
@@ -235,8 +234,8 @@ def test_local_statistics_tell_steady_from_moving_sounds():
     moving = torch.sin(torch.arange(20.0) * 1.3)[None, :, None]
     valid = torch.ones(1, 20, dtype=torch.bool)
     still, busy = (local_statistics(v, valid, half_width=3)[0, 10] for v in (steady, moving))
-    assert float(still[1]) == pytest.approx(np.log(1e-2)) and float(still[2]) == pytest.approx(np.log(1e-2))
-    assert float(busy[1]) > np.log(0.3) and float(busy[2]) > np.log(0.3)
+    assert float(still[1]) == 0.0 and float(still[2]) == 0.0
+    assert float(busy[1]) > 0.3 and float(busy[2]) > 0.3
 
 
 def test_texture_spectrogram_frames_a_tone_on_the_model_grid_up_to_nyquist():
@@ -263,6 +262,19 @@ def test_texture_is_free_of_gain():
     loud, quiet = (texture(spectrogram(w, 30), valid, 6, half_width=4) for w in (wave, wave * 0.25))
     assert loud.shape == (1, 30, 18)
     assert torch.allclose(loud, quiet, atol=1e-3)
+
+
+def test_texture_scales_the_spread_parts_of_the_local_statistics():
+    from mertkit.pretrain.mlm_model import TEXTURE_MOVEMENT_GAIN, TEXTURE_SPREAD_GAIN
+
+    g = torch.Generator().manual_seed(2)
+    mel = torch.rand(1, 25, 64, generator=g) + 0.1
+    valid = torch.ones(1, 25, dtype=torch.bool)
+    stats = local_statistics(cepstrum(log_standardised(mel, valid), 4), valid, half_width=3)
+    got = texture(mel, valid, 4, half_width=3)
+    assert torch.allclose(got[..., :4], stats[..., :4])
+    assert torch.allclose(got[..., 4:8], TEXTURE_SPREAD_GAIN * stats[..., 4:8])
+    assert torch.allclose(got[..., 8:], TEXTURE_MOVEMENT_GAIN * stats[..., 8:])
 
 
 def _grads(mult: float):

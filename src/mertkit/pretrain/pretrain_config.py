@@ -83,12 +83,12 @@ class PretrainConfig:
     timbre_weight: float = 0.0
     timbre_coefficients: int = 20
     # > 0: the CQT head also regresses the *texture* of the full band (the CQT stops at ~4 kHz):
-    # over +-`texture_window_seconds` around each frame, the mean, log std and log std of the
+    # over +-`texture_window_seconds` around each frame, the mean, std and std of the
     # frame-to-frame change of the first `timbre_coefficients` cepstral coefficients of a
     # log-mel spectrogram up to Nyquist, its MSE times this: how an instrument's envelope
     # sounds and moves (attack, decay, vibrato), what MFCC statistics capture
     texture_weight: float = 0.0
-    texture_window_seconds: float = 0.25
+    texture_window_seconds: float = 0.5
     # CE and CQT also on the unmasked frames, times this (HuBERT's pred_nomask_weight; MERT: 0)
     unmasked_weight: float = 0.0
     # ---- data2vec objective (music2vec) ---------------------------------------------------
