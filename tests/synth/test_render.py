@@ -278,3 +278,37 @@ def test_varied_texture_has_solo_and_duo_sections_and_dense_is_unchanged() -> No
 def test_unknown_texture_is_refused(tmp_path) -> None:
     with pytest.raises(RenderError, match="texture must be one of"):
         render_corpus(tmp_path, n_clips=1, seconds=1.0, texture="sparse")
+
+
+def test_gm_palette_reaches_every_pitched_gm_family_and_classic_is_unchanged() -> None:
+    from mertkit.synth.corpus import PALETTES, _random_piece
+
+    classic = [_random_piece(0, i, 20.0)[1] for i in range(40)]
+    assert classic == [_random_piece(0, i, 20.0, "dense", "classic")[1] for i in range(40)]
+    classic_families = {p // 8 for m in classic for p in m["programs"]}
+    assert not classic_families & {12, 13, 14}  # synth effects, ethnic, percussive: never heard
+    gm = [_random_piece(0, i, 20.0, "varied", "gm")[1] for i in range(150)]
+    assert {p // 8 for m in gm for p in m["programs"]} == set(range(15))  # every pitched family
+    assert all(0 <= p < 120 for m in gm for p in m["programs"])  # no sound effects
+    assert set(range(120)) == set(PALETTES["gm"].lead)
+
+
+def test_corpus_palette_is_a_recorded_setting(tmp_path) -> None:
+    import json
+
+    folder = tmp_path / "a"
+    render_corpus(folder, n_clips=1, seconds=1.0, seed=1, palette="gm")
+    assert json.loads((folder / "corpus.json").read_text())["palette"] == "gm"
+    with pytest.raises(RenderError, match="palette 'gm' there, 'classic' asked"):
+        render_corpus(folder, n_clips=1, seconds=1.0, seed=1)
+    # a corpus.json from before the setting existed was rendered with the classic palette
+    old = tmp_path / "old"
+    render_corpus(old, n_clips=1, seconds=1.0, seed=1)
+    settings = json.loads((old / "corpus.json").read_text())
+    del settings["palette"]
+    (old / "corpus.json").write_text(json.dumps(settings))
+    render_corpus(old, n_clips=2, seconds=1.0, seed=1)
+    with pytest.raises(RenderError, match="palette 'classic' there, 'gm' asked"):
+        render_corpus(old, n_clips=2, seconds=1.0, seed=1, palette="gm")
+    with pytest.raises(RenderError, match="palette must be one of"):
+        render_corpus(tmp_path / "b", n_clips=1, seconds=1.0, palette="everything")

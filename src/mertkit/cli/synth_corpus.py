@@ -28,9 +28,12 @@ __all__ = ["synth_corpus"]
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False), help="SoundFont [pretty_midi's bundled one].")
 @click.option("--texture", type=click.Choice(["dense", "varied"]), default="dense", show_default=True,
               help="dense: every part plays in most sections; varied: half the sections are solos or duos.")
+@click.option("--palette", type=click.Choice(["classic", "gm"]), default="classic", show_default=True,
+              help="GM programs the parts draw from. classic: 12 of the 15 pitched GM families; "
+                   "gm: every pitched GM program can lead, so every family is heard.")
 @verbosity
 def synth_corpus(out: Path, hours: float | None, clips: int | None, clip_seconds: float, seed: int,
-                 sample_rate: int, workers: int, soundfont: str | None, texture: str) -> None:
+                 sample_rate: int, workers: int, soundfont: str | None, texture: str, palette: str) -> None:
     """Render musically structured multi-instrument pieces from MIDI for pre-training."""
     from mertkit.synth.render import RenderError
     from mertkit.synth.corpus import render_corpus
@@ -44,7 +47,7 @@ def synth_corpus(out: Path, hours: float | None, clips: int | None, clip_seconds
     try:
         paths = render_corpus(out_dir, n_clips=clips, hours=hours, seconds=clip_seconds, seed=seed,
                               sample_rate=sample_rate, soundfont=soundfont, workers=workers, texture=texture,
-                              progress=progress)
+                              palette=palette, progress=progress)
     except RenderError as error:
         raise click.ClickException(str(error)) from None
     if not silent:

@@ -75,6 +75,33 @@ BASS_PROGRAMS = tuple(range(32, 40))
 LEAD_PROGRAMS = (0, 8, 11, 12, 24, 40, 41, 56, 57, 64, 65, 66, 68, 71, 73, 75, 80, 81, 85)
 DRUM_KITS = (0, 8, 16, 24, 25, 32, 40)
 PAD_PROGRAMS = (48, 49, 50, 51, 52, 88, 89, 90, 91, 92, 94, 95, 19, 20)
+
+
+@dataclass(frozen=True)
+class Palette:
+    """The GM programs each pitched role draws from."""
+
+    comp: tuple[int, ...]
+    pad: tuple[int, ...]
+    bass: tuple[int, ...]
+    lead: tuple[int, ...]
+
+
+# "classic": the pools above (the corpus of sessions 1-7): 12 of the 15 pitched GM families, some
+# through one program. "gm": any pitched GM program can lead (0-119: all but sound effects), the
+# comping parts add the chromatic percussion, harp and plucked ethnic programs, the pads the
+# synth effects; so every GM family is heard, each through all of its programs.
+PALETTES = {
+    "classic": Palette(COMP_PROGRAMS, PAD_PROGRAMS, BASS_PROGRAMS, LEAD_PROGRAMS),
+    "gm": Palette(
+        comp=COMP_PROGRAMS + tuple(range(8, 16)) + (46, 104, 105, 106, 107, 108, 114),
+        pad=PAD_PROGRAMS + tuple(range(96, 104)),
+        bass=BASS_PROGRAMS,
+        lead=tuple(range(120)),
+    ),
+}
+# Settings a corpus.json written before the setting existed was rendered with.
+SETTING_DEFAULTS = {"palette": "classic"}
 KICK, SNARE, CLOSED_HAT, OPEN_HAT, RIDE = 36, 38, 42, 46, 51
 
 
@@ -296,9 +323,9 @@ def corpus_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, CORPUS_STREAM, index])
 
 
-def _draw_programs(rng: np.random.Generator) -> dict[str, int]:
-    return {"comp": int(rng.choice(COMP_PROGRAMS)), "pad": int(rng.choice(PAD_PROGRAMS)),
-            "bass": int(rng.choice(BASS_PROGRAMS)), "lead": int(rng.choice(LEAD_PROGRAMS)),
+def _draw_programs(rng: np.random.Generator, palette: Palette) -> dict[str, int]:
+    return {"comp": int(rng.choice(palette.comp)), "pad": int(rng.choice(palette.pad)),
+            "bass": int(rng.choice(palette.bass)), "lead": int(rng.choice(palette.lead)),
             "drums": int(rng.choice(DRUM_KITS))}
 
 
@@ -343,7 +370,8 @@ def _section(pretty_midi: Any, parts: dict, rng: np.random.Generator, piece: dic
         shape_dynamics(inst.notes[before[role]:], start, stop, level, target)
 
 
-def _random_piece(seed: int, index: int, seconds: float, texture: str = "dense") -> tuple[Any, dict[str, Any]]:
+def _random_piece(seed: int, index: int, seconds: float, texture: str = "dense",
+                  palette: str = "classic") -> tuple[Any, dict[str, Any]]:
     pretty_midi, _ = require_synth_deps()
     rng = corpus_rng(seed, index)
     tonic = int(rng.integers(12))
@@ -352,7 +380,8 @@ def _random_piece(seed: int, index: int, seconds: float, texture: str = "dense")
     # tempo in beats of the notated unit per minute; a 6/8 "beat" is an eighth note
     tempo = float(rng.uniform(150.0, 270.0) if meter == "6/8" else rng.uniform(60.0, 180.0))
     piece = {"tonic": tonic, "mode": mode, "meter": meter, "beat": 60.0 / tempo}
-    programs = _draw_programs(rng)
+    pools = PALETTES[palette]
+    programs = _draw_programs(rng, pools)
     pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
     parts = {role: pretty_midi.Instrument(program=program, is_drum=role == "drums", name=role)
              for role, program in programs.items()}
@@ -362,7 +391,7 @@ def _random_piece(seed: int, index: int, seconds: float, texture: str = "dense")
         stop = min(start + bar * int(rng.choice([4, 8])), seconds)
         if start > 0 and rng.random() < 0.3:  # a new lead instrument for this section
             extra_leads.append(parts["lead"])
-            parts["lead"] = pretty_midi.Instrument(program=int(rng.choice(LEAD_PROGRAMS)), name="lead")
+            parts["lead"] = pretty_midi.Instrument(program=int(rng.choice(pools.lead)), name="lead")
         _section(pretty_midi, parts, rng, piece, start, stop, texture)
         start = stop
     instruments = [inst for inst in [*parts.values(), *extra_leads] if inst.notes]
@@ -388,7 +417,7 @@ def _wav_complete(path: Path, num_samples: int) -> bool:
 
 
 def render_clip(out: Path, seed: int, index: int, seconds: float, sample_rate: int, soundfont: str | None,
-                texture: str = "dense") -> bool:
+                texture: str = "dense", palette: str = "classic") -> bool:
     """Render corpus clip `index` unless it is already there; True when it was rendered."""
     import soundfile
 
@@ -396,7 +425,7 @@ def render_clip(out: Path, seed: int, index: int, seconds: float, sample_rate: i
     num_samples = int(round(seconds * sample_rate))
     if _wav_complete(wav, num_samples):
         return False
-    pm, meta = _random_piece(seed, index, seconds, texture)
+    pm, meta = _random_piece(seed, index, seconds, texture, palette)
     audio = peak_normalise(render_midi(pm, sample_rate, soundfont=soundfont, duration=seconds), meta["level"])
     wav.parent.mkdir(parents=True, exist_ok=True)
     meta.update(path=f"clips/{index:06d}.wav", num_samples=len(audio), sample_rate=sample_rate)
@@ -416,8 +445,8 @@ def clip_count(hours: float | None, n_clips: int | None, seconds: float) -> int:
 
 
 def _render_range(args: tuple) -> int:
-    out, seed, indices, seconds, sample_rate, soundfont, texture = args
-    return sum(render_clip(out, seed, i, seconds, sample_rate, soundfont, texture) for i in indices)
+    out, seed, indices, seconds, sample_rate, soundfont, texture, palette = args
+    return sum(render_clip(out, seed, i, seconds, sample_rate, soundfont, texture, palette) for i in indices)
 
 
 def render_corpus(
@@ -431,26 +460,30 @@ def render_corpus(
     soundfont: str | None = None,
     workers: int = 1,
     texture: str = "dense",
+    palette: str = "classic",
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Render ``n_clips`` pieces (or ``hours`` of them) of ``seconds`` seconds to ``out_dir``.
 
     Finished clips are skipped; ``workers`` > 1 renders in that many processes. Returns the
     WAV paths; ``progress(done, total)`` is called as clips finish. ``texture`` "varied" makes
-    half the sections solos or duos of pitched parts (see `_sparse_roles`).
+    half the sections solos or duos of pitched parts (see `_sparse_roles`); ``palette`` names
+    the GM programs the parts draw from (see `PALETTES`).
     """
     if texture not in TEXTURES:
         raise RenderError(f"texture must be one of {TEXTURES}, got {texture!r}")
+    if palette not in PALETTES:
+        raise RenderError(f"palette must be one of {tuple(PALETTES)}, got {palette!r}")
     count = clip_count(hours, n_clips, seconds)
     require_synth_deps()
     out = Path(out_dir)
-    settings = {"seed": seed, "texture": texture, "seconds": seconds, "sample_rate": sample_rate,
+    settings = {"seed": seed, "texture": texture, "palette": palette, "seconds": seconds, "sample_rate": sample_rate,
                 "soundfont": Path(soundfont).name if soundfont else "bundled"}
     check_corpus_settings(out, settings)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     write_json(out / "corpus.json", settings)
     chunks = [range(i, min(i + 16, count)) for i in range(0, count, 16)]
-    jobs = [(out, seed, chunk, seconds, sample_rate, soundfont, texture) for chunk in chunks]
+    jobs = [(out, seed, chunk, seconds, sample_rate, soundfont, texture, palette) for chunk in chunks]
     done = 0
     if workers > 1:
         import multiprocessing
@@ -474,8 +507,9 @@ def check_corpus_settings(out: Path, settings: dict[str, Any]) -> None:
     recorded = out / "corpus.json"
     if recorded.is_file():
         stored = json.loads(recorded.read_text())
-        changed = [f"{key} {stored.get(key)!r} there, {value!r} asked" for key, value in settings.items()
-                   if stored.get(key) != value]
+        recorded_settings = {key: stored.get(key, SETTING_DEFAULTS.get(key)) for key in settings}
+        changed = [f"{key} {recorded_settings[key]!r} there, {value!r} asked" for key, value in settings.items()
+                   if recorded_settings[key] != value]
         if changed:
             raise RenderError(f"{out}: holds a corpus rendered with other settings ({'; '.join(changed)}); "
                               "render into another folder")
