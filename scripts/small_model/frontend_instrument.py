@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from frontend_pitch import make_optimiser, supervised_step  # this folder's supervised check of pitch
 from mertkit.eval.baselines import load_segment
 from mertkit.eval.datasets import encode_labels
 from mertkit.eval.suite_runner import load_suite_tasks
@@ -64,19 +65,14 @@ def train(preset: str, data: dict, updates: int, lr: float, batch: int, seed: in
     waves, labels = data["train"]
     head = torch.nn.Linear(model.config.hidden_size, int(labels.max()) + 1)
     params = [*model.parameters(), *head.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    optimiser = make_optimiser(params, lr)
     hits: list[float] = []
     start = time.time()
     for update in range(1, updates + 1):
-        for group in optimiser.param_groups:
-            group["lr"] = lr * min(1.0, update / 20)  # 20 warm-up updates
         chosen = torch.randint(len(waves), (batch,), generator=generator)
         logits = head(model(waves[chosen]).hidden_states[-1].mean(1))
         loss = F.cross_entropy(logits, labels[chosen])
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        optimiser.step()
+        supervised_step(optimiser, params, loss, update, lr)
         hits.append(float((logits.argmax(-1) == labels[chosen]).float().mean()))
         if update % 50 == 0:
             seconds = (time.time() - start) / update

@@ -63,6 +63,22 @@ def frame_centres(model: MertModel, frames: int) -> torch.Tensor:
     return torch.arange(frames) * jump + field // 2
 
 
+def make_optimiser(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """The pre-training recipe's AdamW (betas, eps, weight decay)."""
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+
+
+def supervised_step(optimiser: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor,
+                    update: int, lr: float) -> None:
+    """One update: linear warm-up over 20 updates, gradient clipped at norm 10 as in pre-training."""
+    for group in optimiser.param_groups:
+        group["lr"] = lr * min(1.0, update / 20)
+    optimiser.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 10.0)
+    optimiser.step()
+
+
 def train(preset: str, updates: int, lr: float, batch: int, seconds: float, seed: int) -> None:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -70,22 +86,17 @@ def train(preset: str, updates: int, lr: float, batch: int, seconds: float, seed
     classes = HIGHEST - LOWEST + 1
     head = torch.nn.Linear(model.config.hidden_size, classes)
     params = [*model.parameters(), *head.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    optimiser = make_optimiser(params, lr)
     hits: list[float] = []
     start = time.time()
     for update in range(1, updates + 1):
-        for group in optimiser.param_groups:
-            group["lr"] = lr * min(1.0, update / 20)  # 20 warm-up updates
         pairs = [note_sequence(rng, seconds) for _ in range(batch)]
         wave = torch.from_numpy(np.stack([p[0] for p in pairs]))
         states = model(wave).hidden_states[-1]
         target = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, frame_centres(model, states.shape[1])]
         logits = head(states)
         loss = F.cross_entropy(logits.reshape(-1, classes), target.reshape(-1))
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        optimiser.step()
+        supervised_step(optimiser, params, loss, update, lr)
         hits.append(float((logits.argmax(-1) == target).float().mean()))
         if update % 10 == 0:
             print(f"{preset:>10} update {update:4d}: accuracy {np.mean(hits[-10:]):.3f}  "
