@@ -3,6 +3,7 @@
     mert labels IN_DIR -o OUT_DIR --teacher encodec --weights PATH [--bandwidth 6]
     mert labels IN_DIR -o OUT_DIR --teacher bestrq  [--codebooks 8] [--codebook-size 1024] [--seed 0]
     mert labels IN_DIR -o OUT_DIR --teacher kmeans  [--codebook-size 100] [--features logmel_chroma]
+                                                    [--frame-rate 75; 25 for a MERT-v2-layout model]
     mert labels IN_DIR -o OUT_DIR --teacher codec   --train-teacher [--train-steps 2000]
     mert labels IN_DIR -o OUT_DIR --teacher codec   --teacher-file codec.pt
 
@@ -29,6 +30,8 @@ __all__ = ["labels"]
 
 MAX_FAILURES_SHOWN = 20
 TEACHERS = ("encodec", "codec", "kmeans", "bestrq")
+SAMPLE_RATE = 24000  # every teacher labels 24 kHz audio
+DEFAULT_FRAME_RATE = 75  # MERT-v1's label rate; 25 for a MERT-v2-layout model (`--config tiny-mel`)
 TEACHER_FILES = {"codec": "teacher.pt", "kmeans": "teacher.npz", "bestrq": "teacher.npz"}
 
 
@@ -52,15 +55,26 @@ def _fitted(kind: str, in_dir: Path, out_dir: Path, teacher_file: Path | None, o
     loaders = {"codec": CodecTeacher.load, "kmeans": KMeansLabeller.load, "bestrq": BestRQTeacher.load}
     saved = out_dir / TEACHER_FILES[kind]
     path = teacher_file or (saved if saved.is_file() else None)
+    rate = opts["frame_rate"]
     if path is not None:
         log(f"{kind}: teacher from {path}")
-        return loaders[kind](path)
+        teacher = loaders[kind](path)
+        if rate is not None and teacher.sample_rate != rate * teacher.hop_length:
+            raise click.UsageError(f"{path}: the teacher labels {teacher.sample_rate // teacher.hop_length} frames "
+                                   f"per second, not --frame-rate {rate}")
+        return teacher
     size = opts["codebook_size"]
+    hop = SAMPLE_RATE // (rate or DEFAULT_FRAME_RATE)
+    if kind != "codec" and SAMPLE_RATE % (rate or DEFAULT_FRAME_RATE):
+        raise click.UsageError(f"--frame-rate {rate} does not divide {SAMPLE_RATE} Hz into whole samples")
     if kind == "bestrq":
-        teacher = fit_bestrq(in_dir, num_codebooks=opts["codebooks"], codebook_size=size or 1024, seed=opts["seed"])
+        teacher = fit_bestrq(in_dir, num_codebooks=opts["codebooks"], codebook_size=size or 1024, seed=opts["seed"],
+                             hop_length=hop)
     elif kind == "kmeans":
-        teacher = fit_kmeans(in_dir, size or 100, features=opts["features"], seed=opts["seed"])
+        teacher = fit_kmeans(in_dir, size or 100, features=opts["features"], seed=opts["seed"], hop_length=hop)
     else:
+        if rate not in (None, DEFAULT_FRAME_RATE):
+            raise click.UsageError(f"--frame-rate: the codec teacher labels {DEFAULT_FRAME_RATE} frames per second")
         if not opts["train_teacher"]:
             raise click.UsageError("--teacher codec needs --teacher-file, or --train-teacher to train one on IN_DIR")
         cfg = CodecConfig(codebooks=opts["codebooks"], codebook_size=size or 1024)
@@ -98,7 +112,8 @@ def _health_report(labeller, out_dir: Path, suite: Path | None, min_usage: float
 
 
 @click.command("labels", epilog=examples("mert labels --weights encodec_24khz/ audio/ -o labels/",
-                                         "mert labels audio/ -o labels/ --teacher bestrq"))
+                                         "mert labels audio/ -o labels/ --teacher bestrq",
+                                         "mert labels audio/ -o labels/ --teacher kmeans --frame-rate 25"))
 @click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @out_option("Label folder (codes/, manifest.jsonl, the fitted teacher, label_report.json).", path_type=Path)
 @click.option("--teacher", type=click.Choice(TEACHERS), default="encodec", show_default=True,
@@ -116,6 +131,9 @@ def _health_report(labeller, out_dir: Path, suite: Path | None, min_usage: float
 @click.option("--codebook-size", type=int, default=None, help="Codes per codebook [codec, bestrq: 1024; kmeans: 100].")
 @click.option("--features", type=click.Choice(["logmel_chroma", "mfcc", "logmel"]), default="logmel_chroma",
               show_default=True, help="kmeans frame features.")
+@click.option("--frame-rate", type=click.IntRange(min=1), default=None,
+              help="kmeans / bestrq: label frames per second, the model's frame rate [75: MERT-v1 layout; "
+              "25: MERT-v2 layout]. A fitted teacher keeps its own.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fitted teacher.")
 @device_option("Where the encodec teacher runs.")
 @click.option(
@@ -131,7 +149,8 @@ def _health_report(labeller, out_dir: Path, suite: Path | None, min_usage: float
               help="Refuse a codebook whose code perplexity is below this.")
 @verbosity
 def labels(in_dir: Path, out: Path, teacher: str, weights: Path | None, bandwidth: float, teacher_file: Path | None,
-           train_teacher: bool, train_steps: int, codebooks: int, codebook_size: int | None, features: str, seed: int,
+           train_teacher: bool, train_steps: int, codebooks: int, codebook_size: int | None, features: str,
+           frame_rate: int | None, seed: int,
            device: str, max_duration: float | None, suite: Path | None, min_usage: float, min_perplexity: float) -> None:
     """Write frame-aligned teacher labels for every audio file in IN_DIR to the --out folder."""
     from mertkit.pretrain.labels import LabelsError, validate_labels, write_labels
@@ -144,10 +163,12 @@ def labels(in_dir: Path, out: Path, teacher: str, weights: Path | None, bandwidt
             click.echo(message, err=True)
 
     if teacher == "encodec":
+        if frame_rate not in (None, DEFAULT_FRAME_RATE):
+            raise click.UsageError(f"--frame-rate: EnCodec labels {DEFAULT_FRAME_RATE} frames per second")
         labeller = _encodec(weights, device, bandwidth)
     else:
         opts = {"codebooks": codebooks, "codebook_size": codebook_size, "features": features, "seed": seed,
-                "train_teacher": train_teacher, "train_steps": train_steps}
+                "train_teacher": train_teacher, "train_steps": train_steps, "frame_rate": frame_rate}
         try:
             labeller = _fitted(teacher, in_dir, out_dir, teacher_file, opts, log)
         except ValueError as error:

@@ -49,7 +49,7 @@ def _encodec_labels(audio: Path, weights: Path, out: Path, device: str) -> Path:
     "mert pretrain --config tiny --audio audio/ --labels labels/ -o run/",
     "mert pretrain -o run/ --audio audio/ --labels labels/ --resume",
 ))
-@click.option("--config", "config", default=None, help="Preset (tiny, tiny-wide, 95m, 330m) or a JSON file.")
+@click.option("--config", "config", default=None, help="Preset (tiny, tiny-wide, tiny-mel, 95m, 330m) or a JSON file.")
 @click.option("--audio", "audio", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of training audio (searched recursively).")
 @click.option("--labels", "labels", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),

@@ -295,11 +295,9 @@ def random_init_model(model: Any, info: ModelInfo, init_seed: int) -> tuple[Any,
     from ``torch.manual_seed(init_seed)``, on the model's device, and what the report says of it."""
     import torch
 
-    from mertkit.models.hubert.model import MertModel
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        twin = MertModel(model.config)
+        twin = _same_architecture(model)
     twin.info = dataclasses.replace(model.info, name=f"{info.name}-random-init-{init_seed}")
     device = next(model.parameters()).device
     twin_info = dataclasses.replace(
@@ -308,6 +306,19 @@ def random_init_model(model: Any, info: ModelInfo, init_seed: int) -> tuple[Any,
         fingerprint=hashlib.blake2b(f"{info.fingerprint}:random-init:{init_seed}".encode(), digest_size=16).hexdigest(),
     )
     return twin.to(device).eval(), twin_info
+
+
+def _same_architecture(model: Any) -> Any:
+    """A fresh model of `model`'s config. A MERT-v2 twin keeps the mel front end's buffers
+    (window, filterbank, normalisation): they are the fixed signal processing, not learnt weights."""
+    from mertkit.models.hubert.model import MertModel
+    from mertkit.models.mert2.model import Mert2Model
+
+    if not isinstance(model, Mert2Model):
+        return MertModel(model.config)
+    twin = Mert2Model(model.config)
+    twin.feature_extractor.load_state_dict(model.feature_extractor.state_dict())
+    return twin
 
 
 def _probe_settings(

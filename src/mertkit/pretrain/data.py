@@ -59,7 +59,7 @@ class PretrainDataset:
         self.cfg = cfg
         self.sample_rate = cfg.sample_rate
         self.mert = cfg.mert_config()
-        self.hop = self.mert.hop_length
+        self.hop = self.mert.samples_per_frame
         self.skipped: list[str] = []
         if not self.audio_dir.is_dir():
             raise PretrainDataError(f"{self.audio_dir}: audio folder not found")

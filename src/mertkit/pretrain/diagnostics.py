@@ -240,7 +240,8 @@ def gradient_shares(model, batches: Iterable, cfg) -> dict[str, Any]:
     from mertkit.pretrain.trainer import batch_mask
 
     params = [p for p in model.backbone.parameters() if p.requires_grad]
-    encoder = {id(p) for p in model.backbone.encoder.parameters()}
+    body = model.backbone.layers if hasattr(model.backbone, "layers") else model.backbone.encoder  # MERT-v2: Conformer blocks
+    encoder = {id(p) for p in body.parameters()}
     in_encoder = torch.cat([torch.full((p.numel(),), id(p) in encoder, dtype=torch.bool) for p in params])
     sums: dict[str, list[float]] = {}
     for index, batch in enumerate(batches):

@@ -1,7 +1,8 @@
 """A pre-training checkpoint to the official Hugging Face layout that `mertkit.load` reads.
 
 Only the backbone is exported (the `backbone.*` tensors of the training model; the heads, the
-label embeddings and a data2vec EMA teacher stay behind), through
+label embeddings, a MERT-v2 backbone's mask embedding and a data2vec EMA teacher stay
+behind), through
 `mertkit.models.checkpoint.save_pretrained`: `config.json` with official field names,
 `preprocessor_config.json`, `pytorch_model.bin` (legacy `weight_g`/`weight_v` names) and
 `model.safetensors`. Weights are written as float32 exactly as trained, so the exported model
@@ -13,6 +14,8 @@ import os
 from pathlib import Path
 
 from mertkit.models.hubert.model import MertModel
+from mertkit.models.mert2.config import Mert2Config
+from mertkit.models.mert2.model import Mert2Model
 from mertkit.pretrain.pretrain_config import PretrainConfig
 
 BACKBONE_PREFIX = "backbone."
@@ -22,7 +25,7 @@ class ExportError(ValueError):
     """A training checkpoint that cannot be exported."""
 
 
-def backbone_from_checkpoint(checkpoint_path: str | os.PathLike) -> MertModel:
+def backbone_from_checkpoint(checkpoint_path: str | os.PathLike) -> MertModel | Mert2Model:
     """The inference model held by a training checkpoint or a snapshot (`RUN/snapshots/`, a
     point of the probe curve) in eval mode, float32, CPU."""
     from mertkit.fileio import TaggedFileError, read_tagged_torch
@@ -40,7 +43,8 @@ def backbone_from_checkpoint(checkpoint_path: str | os.PathLike) -> MertModel:
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in payload["model"].items() if k.startswith(BACKBONE_PREFIX)}
     if not state:
         raise ExportError(f"{checkpoint_path}: no backbone tensors ('{BACKBONE_PREFIX}*') in the checkpoint")
-    model = MertModel(cfg.mert_config())
+    config = cfg.mert_config()
+    model = Mert2Model(config) if isinstance(config, Mert2Config) else MertModel(config)
     load_state_dict_strict(model, state, source=str(checkpoint_path))
     return model.eval()
 
@@ -64,7 +68,7 @@ def export_checkpoint(
     formats: tuple[str, ...] = ("bin", "safetensors"),
     do_normalize: bool = False,
 ) -> Path:
-    """Write the official layout; `do_normalize` False because MERT-v1 trains on raw waveforms.
+    """Write the official layout; `do_normalize` False because MERT-v1 and v2 train on raw waveforms.
     config.json names the model after `out_dir` (`_name_or_path`, as the hub's files do), so a
     folder that moves keeps its name (and its registry card, when that is a registry name)."""
     model = backbone_from_checkpoint(checkpoint_path)

@@ -6,7 +6,9 @@ One training forward, in order:
 2. the in-batch noise mixture (no grad; see `mixture`), when a generator is given;
 3. the conv front-end; its gradient scaled by `feature_grad_mult` (the front-end learns
    slower, as in fairseq's HuBERT), and the feature penalty = mean of the squared features;
-4. feature projection; masked frames replaced by `masked_spec_embed`; transformer encoder;
+4. feature projection; masked frames replaced by `masked_spec_embed`; transformer encoder
+   (a MERT-v2-layout backbone, `model_type` mert2: mel front end and subsampling in step 3,
+   masked frames replaced by `mask_emb`, Conformer blocks);
 5. `final_proj` Linear(H, final_dim * K) split per codebook; logits = cosine(projection,
    every code's embedding in `label_embs_concat`) / logit_temp; cross-entropy on masked
    frames only, per codebook; CQT head Linear(H, cqt_bins), MSE on masked frames. With
@@ -34,6 +36,8 @@ from torch import Tensor, nn
 
 from mertkit.dsp import dct_ii_orthonormal
 from mertkit.models.hubert.model import MertModel, frame_mask
+from mertkit.models.mert2.config import Mert2Config
+from mertkit.models.mert2.model import Mert2Model
 from mertkit.pretrain.kmeans import mel_filterbank
 from mertkit.pretrain.pretrain_config import TEXTURE_FFT, TEXTURE_MELS, PretrainConfig
 from mertkit.pretrain.mixture import MixtureSettings, mix_batch
@@ -223,18 +227,54 @@ def build_cqt(cfg: PretrainConfig) -> nn.Module:
 
     # magnitude sqrt(re^2 + im^2 + 1e-8): the recipe's nnAudio setting (MODELS.md section 5)
     return CQT(CQTConfig(
-        sample_rate=cfg.sample_rate, hop_length=cfg.mert_config().hop_length, fmin=cfg.cqt_fmin,
+        sample_rate=cfg.sample_rate, hop_length=cfg.mert_config().samples_per_frame, fmin=cfg.cqt_fmin,
         n_bins=cfg.cqt_bins, bins_per_octave=cfg.cqt_bins_per_octave, magnitude_eps=1e-8,
     ))
 
 
+def build_backbone(cfg: PretrainConfig) -> nn.Module:
+    """A freshly initialised inference model of the config's layout. A MERT-v2 model's front-end
+    buffers are set as the releases hold them (periodic Hann window, HTK mel filters from 0 Hz
+    to Nyquist); its mel statistics start at 0 / 1 until `set_mel_statistics`."""
+    config = cfg.mert_config()
+    if not isinstance(config, Mert2Config):
+        return MertModel(config)
+    model = Mert2Model(config)
+    front = model.feature_extractor
+    front.spectrogram.window.copy_(torch.hann_window(config.win_length, periodic=True))
+    bank = mel_filterbank(config.sampling_rate, config.n_fft, config.num_mel_bins)  # [mels, bins]
+    front.mel_scale.fb.copy_(torch.as_tensor(bank.T, dtype=torch.float32))
+    front.mel_mean.zero_()
+    front.mel_std.fill_(1.0)
+    return model
+
+
+@torch.no_grad()
+def set_mel_statistics(model: Mert2Model, clips: list[Tensor]) -> None:
+    """Fill a MERT-v2 front end's `mel_mean` / `mel_std`: per band, over every frame of the
+    `clips` (1-D waveforms), the normalisation the released models carry, measured on the
+    training audio."""
+    front = model.feature_extractor
+    front.mel_mean.zero_()
+    front.mel_std.fill_(1.0)
+    log_mel = torch.cat([front(clip.float()[None], None)[0] for clip in clips])  # [frames, mels] in dB
+    front.mel_mean.copy_(log_mel.mean(0))
+    front.mel_std.copy_(log_mel.std(0))
+
+
 class Backbone(nn.Module):
-    """Runs a `MertModel` step by step so pre-training can act between the steps."""
+    """Runs the inference model step by step so pre-training can act between the steps.
+
+    MERT-v1 layout: conv front end -> projection -> (mask: `masked_spec_embed`) -> transformer.
+    MERT-v2 layout: mel front end + subsampling -> (mask: `mask_emb`, a pre-training parameter
+    outside the backbone, as the official checkpoints hold no mask embedding) -> Conformer."""
 
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         self.config = cfg
-        self.backbone = MertModel(cfg.mert_config())
+        self.backbone = build_backbone(cfg)
+        if isinstance(self.backbone, Mert2Model):
+            self.mask_emb = nn.Parameter(torch.empty(self.backbone.config.hidden_size).uniform_())
 
     def frame_count(self, num_samples: int) -> int:
         return self.backbone.config.num_frames(num_samples)
@@ -244,23 +284,39 @@ class Backbone(nn.Module):
 
     def encode(self, wave: Tensor, lengths: Tensor | None, mask: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
         """-> (hidden states, [B, F] valid-frame mask, [B, F] per-frame mean squared feature)."""
+        if isinstance(self.backbone, Mert2Model):
+            return self._encode_mert2(wave, lengths, mask)
         mert = self.backbone
         features, frame_lengths = mert.feature_extractor(wave, lengths)
-        if self.config.feature_grad_mult != 1.0:
-            features = GradMultiply.apply(features, self.config.feature_grad_mult)
-        features = features.transpose(1, 2)  # [B, F, C]
+        features = self._scale_feature_grad(features).transpose(1, 2)  # [B, F, C]
         square = features.float().pow(2).mean(-1)
         x = mert.feature_projection(features)
         if mask is not None:
             x = torch.where(mask[:, :, None], mert.masked_spec_embed.to(x.dtype), x)
+        valid = self._valid_frames(x, frame_lengths)
+        states = mert.encoder(x, None if frame_lengths is None else valid)
+        return states, valid, square
+
+    def _encode_mert2(self, wave: Tensor, lengths: Tensor | None, mask: Tensor | None) -> tuple[list[Tensor], Tensor, Tensor]:
+        x, frame_lengths = self.backbone.embed(wave, lengths)
+        x = self._scale_feature_grad(x)
+        square = x.float().pow(2).mean(-1)
+        if mask is not None:
+            x = torch.where(mask[:, :, None], self.mask_emb.to(x.dtype), x)
+        valid = self._valid_frames(x, frame_lengths)
+        return list(self.backbone.encode(x, frame_lengths).hidden_states), valid, square
+
+    def _scale_feature_grad(self, features: Tensor) -> Tensor:
+        if self.config.feature_grad_mult != 1.0:
+            return GradMultiply.apply(features, self.config.feature_grad_mult)
+        return features
+
+    @staticmethod
+    def _valid_frames(x: Tensor, frame_lengths: Tensor | None) -> Tensor:
         batch, frames = x.shape[:2]
         if frame_lengths is None:
-            valid = torch.ones(batch, frames, dtype=torch.bool, device=x.device)
-            states = mert.encoder(x, None)
-        else:
-            valid = frame_mask(frame_lengths, frames)
-            states = mert.encoder(x, valid)
-        return states, valid, square
+            return torch.ones(batch, frames, dtype=torch.bool, device=x.device)
+        return frame_mask(frame_lengths, frames)
 
 
 class MertPretrainModel(Backbone):
@@ -275,7 +331,7 @@ class MertPretrainModel(Backbone):
             self.cqt_head = nn.Linear(hidden, sum(width for _, width, _ in cfg.head_targets))
             self.cqt = build_cqt(cfg)  # buffers are not persistent: nothing in the state dict
         if cfg.texture_weight > 0:
-            self.texture_spectrogram = TextureSpectrogram(cfg.sample_rate, cfg.mert_config().hop_length)
+            self.texture_spectrogram = TextureSpectrogram(cfg.sample_rate, cfg.mert_config().samples_per_frame)
 
     # ---- forward --------------------------------------------------------------------------
     def forward(

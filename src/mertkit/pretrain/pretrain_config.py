@@ -5,8 +5,9 @@ from MODELS.md section 5), presets as JSON files (`mertkit/presets/{tiny,95m,330
 command-line overrides as `key=value` strings, and the whole thing saved as a dict inside
 every checkpoint so a run can always be resumed or exported without the original files.
 
-`model` holds the backbone's `MertConfig` as a dict with the official `config.json` field
-names, so what is trained is exactly what `mert export` writes and `mertkit.load` reads.
+`model` holds the backbone's config as a dict with the official `config.json` field names
+(`model_type` "mert2" picks the MERT-v2 layout, anything else the MERT-v1 one), so what is
+trained is exactly what `mert export` writes and `mertkit.load` reads.
 Unknown keys are refused everywhere (a typo in a preset or an override is an error, not a
 silently ignored setting).
 """
@@ -22,8 +23,9 @@ from typing import Any
 
 from mertkit.fileio import write_json
 from mertkit.models.hubert.config import ConfigError, MertConfig, read_json_object
+from mertkit.models.mert2.config import MODEL_TYPE as MERT2_MODEL_TYPE, Mert2Config
 
-PRESET_NAMES = ("tiny", "tiny-wide", "95m", "330m")
+PRESET_NAMES = ("tiny", "tiny-wide", "tiny-mel", "95m", "330m")
 OBJECTIVES = ("mlm", "data2vec")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CQT_TARGETS = ("magnitude", "log_standardised")
@@ -130,11 +132,16 @@ class PretrainConfig:
         self.validate()
 
     # ---- derived --------------------------------------------------------------------------
-    def mert_config(self) -> MertConfig:
+    def mert_config(self) -> MertConfig | Mert2Config:
+        """The backbone's config: MERT-v1 layout (`MertConfig`) or MERT-v2 (`Mert2Config`)."""
         try:
-            return MertConfig.from_dict(self.model, source="PretrainConfig.model")
+            return _backbone_config_class(self.model).from_dict(self.model, source="PretrainConfig.model")
         except ConfigError as err:
             raise PretrainConfigError(str(err)) from err
+
+    @property
+    def is_mert2(self) -> bool:
+        return isinstance(self.mert_config(), Mert2Config)
 
     @property
     def sample_rate(self) -> int:
@@ -172,7 +179,10 @@ class PretrainConfig:
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (abs(mert.frame_rate - self.label_rate) < 1e-9,
              f"label_rate {self.label_rate} Hz differs from the model's frame rate {mert.frame_rate} Hz"),
-            (mert.mask_time_prob > 0, "model.mask_time_prob must be > 0 so the model has masked_spec_embed"),
+            (isinstance(mert, Mert2Config) or mert.mask_time_prob > 0,
+             "model.mask_time_prob must be > 0 so the model has masked_spec_embed"),
+            (not isinstance(mert, Mert2Config) or self.objective == "mlm",
+             "the MERT-v2 layout (model_type mert2) trains with objective mlm only"),
             (0 < self.mask_prob <= 1 and self.mask_length >= 1 and self.mask_min_masks >= 0,
              "mask_prob must be in (0, 1], mask_length >= 1, mask_min_masks >= 0"),
             (0 <= self.mixture_prob <= 1, f"mixture_prob must be in [0, 1], got {self.mixture_prob}"),
@@ -204,8 +214,8 @@ class PretrainConfig:
             (0 <= self.warmup_updates <= self.total_updates and self.total_updates >= 1,
              "need 0 <= warmup_updates <= total_updates and total_updates >= 1"),
             (0 < self.min_crop_seconds <= self.crop_seconds, "need 0 < min_crop_seconds <= crop_seconds"),
-            (self.min_crop_samples >= mert.receptive_field,
-             f"min_crop_seconds gives fewer samples than one frame ({mert.receptive_field})"),
+            (self.min_crop_samples >= mert.min_input_samples,
+             f"min_crop_seconds gives fewer samples than one frame ({mert.min_input_samples})"),
             (self.objective != "data2vec" or 1 <= self.d2v_top_k <= mert.num_hidden_layers,
              "d2v_top_k must be in 1..num_hidden_layers"),
             (isinstance(self.snapshot_fractions, list)
@@ -271,7 +281,7 @@ class PretrainConfig:
 
 
 def load_config(name_or_path: str | os.PathLike) -> PretrainConfig:
-    """A preset by name (`tiny`, `tiny-wide`, `95m`, `330m`) or a JSON file."""
+    """A preset by name (`tiny`, `tiny-wide`, `tiny-mel`, `95m`, `330m`) or a JSON file."""
     if str(name_or_path) in PRESET_NAMES:
         text = resources.files("mertkit").joinpath("presets", f"{name_or_path}.json").read_text()
         return PretrainConfig.from_dict(json.loads(text), source=f"preset {name_or_path}")
@@ -288,14 +298,22 @@ def _field_names() -> set[str]:
     return {f.name for f in dataclasses.fields(PretrainConfig)}
 
 
+def _backbone_config_class(model: dict[str, Any]) -> type[MertConfig] | type[Mert2Config]:
+    return Mert2Config if model.get("model_type") == MERT2_MODEL_TYPE else MertConfig
+
+
 def _full_model_dict(model: Any, source: str) -> dict[str, Any]:
-    """A partial backbone dict (a preset lists only what differs) completed with MertConfig defaults."""
+    """A partial backbone dict (a preset lists only what differs) completed with the defaults
+    of its layout (`model_type` mert2: MERT-v2; otherwise MERT-v1)."""
     if not isinstance(model, dict):
         raise PretrainConfigError(f"{source}: 'model' must be an object of config.json fields")
-    full = MertConfig().to_dict()
+    config_class = _backbone_config_class(model)
+    full = config_class().to_dict()
+    if config_class is Mert2Config and "subsampling_channels" not in model:
+        full.pop("subsampling_channels")  # its default follows num_mel_bins and hidden_size
     full.update(model)
     try:
-        return MertConfig.from_dict(full, source=f"{source} model").to_dict()
+        return config_class.from_dict(full, source=f"{source} model").to_dict()
     except ConfigError as err:
         raise PretrainConfigError(str(err)) from err
 

@@ -40,10 +40,12 @@ from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.diagnostics import save_snapshot
 from mertkit.pretrain.data import Batch, PretrainDataError, PretrainDataset, clip_seed, iterate_batches
 from mertkit.pretrain.masking import span_mask
-from mertkit.pretrain.mlm_model import Counts, LossSums, MertPretrainModel
+from mertkit.pretrain.mlm_model import Counts, LossSums, MertPretrainModel, set_mel_statistics
 
 CHECKPOINT_FORMAT = "mertkit-pretrain-1"
 LAST_CHECKPOINT = "checkpoint_last.pt"
+# Crops a MERT-v2 backbone's mel statistics are measured on (64 x 5 s: every band well covered)
+MEL_STATISTICS_CLIPS = 64
 # Settings a resumed run may change; everything else must match the checkpoint.
 RESUME_MUTABLE = frozenset({"total_updates", "log_interval", "ckpt_interval", "keep_checkpoints", "num_workers", "tensorboard",
                             "snapshot_fractions"})
@@ -96,10 +98,15 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         cfg.save_json(out / "config.json")
 
+    dataset = PretrainDataset(audio_dir, label_dir if cfg.objective == "mlm" else None, cfg)
+
     # ---- model, optimiser, precision ---------------------------------------------------
-    model = initial_model(cfg).to(env.device)
+    model = initial_model(cfg)
     if cfg.init_from and checkpoint is None:
         load_released_backbone(model, cfg.init_from)
+    elif cfg.is_mert2 and checkpoint is None:
+        set_mel_statistics(model.backbone, mel_statistics_clips(dataset))
+    model = model.to(env.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
@@ -112,7 +119,6 @@ def train(
     wrapped = wrap_ddp(model, cfg, env)
 
     # ---- data and logs -------------------------------------------------------------------
-    dataset = PretrainDataset(audio_dir, label_dir if cfg.objective == "mlm" else None, cfg)
     batches = iterate_batches(dataset, position.epoch, position.batch, env.rank, env.world_size, cfg.num_workers)
     logger = RunLogger(out, cfg, keep_until=position.update) if env.is_main else None
     last = stop_after if stop_after is not None else cfg.total_updates
@@ -221,6 +227,14 @@ def initial_model(cfg: PretrainConfig) -> MertPretrainModel:
     return build_model(cfg)
 
 
+def mel_statistics_clips(dataset: PretrainDataset, clips: int = MEL_STATISTICS_CLIPS) -> list[Tensor]:
+    """The first `clips` crops of epoch 0 (the same on every process): the audio a MERT-v2
+    backbone's mel normalisation is measured on before its first update."""
+    order = dataset.epoch_order(0)
+    return [torch.from_numpy(dataset.clip(0, position, order)[0])
+            for position in range(min(clips, len(dataset)))]
+
+
 def frame_lengths(model: MertPretrainModel, lengths: Tensor) -> Tensor:
     return torch.tensor([model.frame_count(int(n)) for n in lengths], dtype=torch.long)
 
@@ -300,6 +314,9 @@ def load_released_backbone(model: MertPretrainModel, name_or_path: str) -> None:
     if family != "hubert":
         raise PretrainError(f"init_from {name_or_path}: a {family} checkpoint; the MERT-v1 recipe continues "
                             f"HuBERT-family checkpoints (MERT-v0/v1, music2vec) only")
+    if model.config.is_mert2:
+        raise PretrainError(f"init_from {name_or_path}: continued pre-training needs a MERT-v1-layout config; "
+                            f"this one is MERT-v2 (model_type mert2)")
     ours, theirs = model.backbone.config, released.config
     architecture = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                     "conv_dim", "conv_kernel", "conv_stride", "do_stable_layer_norm", "feat_extract_norm",
@@ -337,7 +354,7 @@ def wrap_ddp(model: nn.Module, cfg: PretrainConfig, env: DistEnv) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     # Layerdrop skips whole layers at random, so their parameters get no gradient on that step.
-    unused = cfg.mert_config().layerdrop > 0
+    unused = getattr(cfg.mert_config(), "layerdrop", 0.0) > 0
     ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 

@@ -125,6 +125,16 @@ class MertConfig:
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length
 
+    # The names MERT-v2's config uses for the same two numbers, so code that handles both
+    # families (pre-training) reads one interface.
+    @property
+    def samples_per_frame(self) -> int:
+        return self.hop_length
+
+    @property
+    def min_input_samples(self) -> int:
+        return self.receptive_field
+
     def num_frames(self, num_samples: int) -> int:
         """Frames the conv front-end yields for `num_samples` (floor((L - k) / s) + 1 per layer)."""
         length = num_samples

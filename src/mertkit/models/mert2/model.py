@@ -365,11 +365,21 @@ class Mert2Model(nn.Module):
         max_layer stops early: hidden states 0..max_layer (blocks 1..max_layer+1) are returned.
         """
         lengths = self._check_input(waveform, lengths, max_layer)
+        x, frame_lengths = self.embed(waveform, lengths)
+        return self.encode(x, frame_lengths, max_layer=max_layer)
+
+    def embed(self, waveform: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Mel front end and subsampling: [B, N] -> ([B, F, H] frame features, [B] valid frames or None).
+        Pre-training masks these frames before `encode`."""
         dtype = next(self.layers.parameters()).dtype if len(self.layers) else torch.float32
         x = self.feature_extractor(waveform, lengths).to(dtype)
         frame_lengths = None if lengths is None else torch.div(lengths, self.config.hop_length, rounding_mode="floor")
         for stage in self.subsampling_module:
             x, frame_lengths = stage(x, frame_lengths)
+        return x, frame_lengths
+
+    def encode(self, x: Tensor, frame_lengths: Tensor | None, *, max_layer: int | None = None) -> Mert2Output:
+        """The Conformer blocks over frame features [B, F, H] (`embed`'s output)."""
         frames = x.shape[1]
         keep = key_mask = None
         if frame_lengths is not None and not bool((frame_lengths == frames).all()):
