@@ -28,6 +28,11 @@ from torch import Tensor
 from mertkit.pretrain.pretrain_config import PretrainConfig
 
 
+# clip_seed streams (crop start, mask) of a file's first and second crop; stream 2 is the
+# in-batch mixture's
+CLIP_STREAMS = ((0, 1), (3, 4))
+
+
 class PretrainDataError(ValueError):
     """An audio / label folder that cannot feed pre-training."""
 
@@ -132,14 +137,16 @@ class PretrainDataset:
         return range(start, start + size)
 
     # ---- clips ----------------------------------------------------------------------------
-    def clip(self, epoch: int, position: int, order: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """(waveform crop, its labels or None, mask seed) of one clip."""
+    def clip(self, epoch: int, position: int, order: np.ndarray, view: int = 0) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """(waveform crop, its labels or None, mask seed) of one clip; `view` 1 is the second,
+        independently placed crop of the same file (the clip contrast's partner)."""
         from mertkit.audio import load_audio
 
         rel = self.files[int(order[position])]
         wave = load_audio(self.audio_dir / rel, self.sample_rate)
         labels = None if self.labels is None else self.labels.labels_for(rel)
-        rng = np.random.default_rng(clip_seed(self.cfg.seed, epoch, position, stream=0))
+        crop_stream, mask_stream = CLIP_STREAMS[view]
+        rng = np.random.default_rng(clip_seed(self.cfg.seed, epoch, position, stream=crop_stream))
         start_frame = 0
         if wave.shape[0] > self.cfg.crop_samples:
             start_frame = int(rng.integers(0, (wave.shape[0] - self.cfg.crop_samples) // self.hop + 1))
@@ -147,7 +154,7 @@ class PretrainDataset:
         wave = wave[start : start + self.cfg.crop_samples]
         if labels is not None:
             labels = self._crop_labels(labels, start_frame, wave.shape[0], rel)
-        return wave, labels, clip_seed(self.cfg.seed, epoch, position, stream=1)
+        return wave, labels, clip_seed(self.cfg.seed, epoch, position, stream=mask_stream)
 
     def _crop_labels(self, labels: np.ndarray, start_frame: int, samples: int, rel: str) -> np.ndarray:
         frames = self.mert.num_frames(samples)
@@ -161,9 +168,10 @@ class PretrainDataset:
 
     def batch(self, epoch: int, batch_index: int, rank: int, world_size: int) -> Batch:
         order = self.epoch_order(epoch)
-        clips = [self.clip(epoch, p, order) for p in self.positions(batch_index, rank, world_size)]
-        paths = [self.files[int(order[p])] for p in self.positions(batch_index, rank, world_size)]
-        return collate(clips, paths)
+        chosen = [(p, view) for p in self.positions(batch_index, rank, world_size)
+                  for view in range(self.cfg.crops_per_clip)]  # a pair's crops side by side
+        clips = [self.clip(epoch, p, order, view) for p, view in chosen]
+        return collate(clips, [self.files[int(order[p])] for p, _ in chosen])
 
 
 def collate(clips: list[tuple[np.ndarray, np.ndarray | None, int]], paths: list[str]) -> Batch:

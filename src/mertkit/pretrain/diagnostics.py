@@ -248,7 +248,7 @@ def gradient_shares(model, batches: Iterable, cfg) -> dict[str, Any]:
         mask = batch_mask(model, batch, cfg)
         mixture = torch.Generator().manual_seed(clip_seed(cfg.seed, 0, index, stream=2))
         out = model(batch.wave, batch.lengths, batch.labels, mask, mixture_generator=mixture)
-        counts = Counts(int(out.masked_frames), int(out.valid_frames))
+        counts = Counts(int(out.masked_frames), int(out.valid_frames), batch.wave.shape[0])
         terms = model.loss_terms(out, counts)  # the weighted terms whose sum is the loss
         grads = {name: _flat_grad(term, params) for name, term in terms.items()}
         values = {name: term.item() for name, term in terms.items()}

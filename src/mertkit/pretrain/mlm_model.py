@@ -79,6 +79,7 @@ class Counts:
 
     masked_frames: int
     valid_frames: int
+    clips: int = 0  # batch items (crops): the clip contrast's normaliser
 
     @property
     def unmasked_frames(self) -> int:
@@ -164,6 +165,8 @@ def local_statistics(values: Tensor, valid: Tensor, half_width: int) -> Tensor:
 # 0.03 against the mean's 0.68, so unscaled they would weigh little in the MSE. Plain stds, not
 # their logs: a log spreads near-silent, near-steady frames over a range the probes then chase
 # (instrument probe of the pooled target: 48 % plain, 34 % as logs).
+# Width of the clip contrast's projection (SimCLR / COLA project to 128 as well)
+CONTRAST_DIM = 128
 TEXTURE_SPREAD_GAIN = 2.0
 TEXTURE_MOVEMENT_GAIN = 4.0
 
@@ -332,6 +335,8 @@ class MertPretrainModel(Backbone):
             self.cqt = build_cqt(cfg)  # buffers are not persistent: nothing in the state dict
         if cfg.texture_weight > 0:
             self.texture_spectrogram = TextureSpectrogram(cfg.sample_rate, cfg.mert_config().samples_per_frame)
+        if cfg.contrast_weight > 0:
+            self.contrast_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, CONTRAST_DIM))
 
     # ---- forward --------------------------------------------------------------------------
     def forward(
@@ -363,6 +368,8 @@ class MertPretrainModel(Backbone):
         targets = labels[:, :, :frames].transpose(1, 2)  # [B, F, K]
         ce, errors, logits = self._frame_terms(states[-1], selected, targets, regression)
         sums = {"ce": ce, "penalty": (square * valid).sum(), **errors}
+        if cfg.contrast_weight > 0:
+            sums["contrast"] = self.clip_contrast(states[-1], valid)
         if cfg.unmasked_weight > 0:
             # HuBERT's pred_nomask_weight: the same targets on the frames the model sees
             ce_kept, errors_kept, _ = self._frame_terms(states[-1], ~mask & valid, targets, regression)
@@ -388,6 +395,19 @@ class MertPretrainModel(Backbone):
             errors[name] = error[:, start:start + width].mean(-1).sum()
             start += width
         return ce, errors, logits
+
+    def clip_contrast(self, last: Tensor, valid: Tensor) -> Tensor:
+        """Summed InfoNCE of the batch's crop pairs (items 2i and 2i + 1 are two crops of one
+        file): each crop's mean-pooled, projected, unit-length state against every other crop."""
+        if last.shape[0] % 2:
+            raise PretrainInputError(f"the clip contrast needs pairs of crops, got a batch of {last.shape[0]}")
+        weights = valid[..., None].to(last.dtype)
+        pooled = (last * weights).sum(1) / weights.sum(1).clamp(min=1)
+        z = F.normalize(self.contrast_head(pooled).float(), dim=-1)
+        similarity = (z @ z.T) / self.config.contrast_temperature
+        itself = torch.eye(len(z), dtype=torch.bool, device=z.device)
+        partner = torch.arange(len(z), device=z.device) ^ 1
+        return F.cross_entropy(similarity.masked_fill(itself, float("-inf")), partner, reduction="sum")
 
     def code_logits(self, hidden: Tensor) -> Tensor:
         """[N, H] -> [N, K, V]: cosine similarity to every code embedding / logit_temp."""
@@ -422,6 +442,8 @@ class MertPretrainModel(Backbone):
         kept = max(counts.unmasked_frames, 1)
         terms = {f"ce_{k}": cfg.ce_weight * value / masked for k, value in enumerate(out.sums["ce"])}
         terms["penalty"] = cfg.penalty_weight * out.sums["penalty"] / max(counts.valid_frames, 1)
+        if "contrast" in out.sums:
+            terms["contrast"] = cfg.contrast_weight * out.sums["contrast"] / max(counts.clips, 1)
         for name, _, weight in cfg.head_targets:
             if name in out.sums:
                 terms[name] = weight * out.sums[name] / masked
@@ -441,6 +463,8 @@ class MertPretrainModel(Backbone):
             "penalty": float(sums["penalty"]) / max(counts.valid_frames, 1),
         }
         kept = max(counts.unmasked_frames, 1)
+        if "contrast" in sums:
+            out["contrast"] = float(sums["contrast"]) / max(counts.clips, 1)
         for name in HEAD_TARGET_NAMES:
             if name in sums:
                 out[f"{name}_mse"] = float(sums[name]) / masked

@@ -91,6 +91,13 @@ class PretrainConfig:
     # sounds and moves (attack, decay, vibrato), what MFCC statistics capture
     texture_weight: float = 0.0
     texture_window_seconds: float = 0.5
+    # > 0: clip-level contrast (COLA-style, not in the MERT-v1 recipe): every batch item is a
+    # pair of crops of one file; the last hidden state, mean-pooled over each crop's valid
+    # frames and passed through `contrast_head`, must pick its partner among the batch's other
+    # crops (InfoNCE at `contrast_temperature`), times this: what stays constant over a piece
+    # (its instruments, key, tempo) rather than what changes from note to note
+    contrast_weight: float = 0.0
+    contrast_temperature: float = 0.1
     # CE and CQT also on the unmasked frames, times this (HuBERT's pred_nomask_weight; MERT: 0)
     unmasked_weight: float = 0.0
     # ---- data2vec objective (music2vec) ---------------------------------------------------
@@ -164,6 +171,11 @@ class PretrainConfig:
         return [("cqt", self.cqt_bins, self.cqt_weight)] + [t for t in derived if t[2] > 0]
 
     @property
+    def crops_per_clip(self) -> int:
+        """Crops the data cuts from each chosen file: a pair for the clip contrast, else one."""
+        return 2 if self.contrast_weight > 0 else 1
+
+    @property
     def crop_samples(self) -> int:
         return round(self.crop_seconds * self.sample_rate)
 
@@ -211,6 +223,11 @@ class PretrainConfig:
             (self.texture_weight == 0 or (self.cqt and 1 <= self.timbre_coefficients <= TEXTURE_MELS),
              f"texture_weight > 0 needs cqt=true (the CQT head) and 1 <= timbre_coefficients <= {TEXTURE_MELS}"),
             (self.grad_accum >= 1 and self.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
+            (self.contrast_weight >= 0 and self.contrast_temperature > 0,
+             f"contrast_weight must be >= 0 and contrast_temperature > 0, got {self.contrast_weight}, "
+             f"{self.contrast_temperature}"),
+            (self.contrast_weight == 0 or (self.objective == "mlm" and self.batch_size >= 2),
+             "contrast_weight > 0 needs objective mlm and batch_size >= 2 (pairs: a partner and negatives)"),
             (0 <= self.warmup_updates <= self.total_updates and self.total_updates >= 1,
              "need 0 <= warmup_updates <= total_updates and total_updates >= 1"),
             (0 < self.min_crop_seconds <= self.crop_seconds, "need 0 < min_crop_seconds <= crop_seconds"),

@@ -169,7 +169,8 @@ def train_step(
     """One optimiser update over this process's micro-batches; returns what to log."""
     masks = [batch_mask(model, batch, cfg) for _, _, batch in micro]
     valid_frames = [int(frame_lengths(model, batch.lengths).sum()) for _, _, batch in micro]
-    counts = Counts(*all_reduce_ints([sum(int(m.sum()) for m in masks), sum(valid_frames)], env))
+    clips = sum(batch.wave.shape[0] for _, _, batch in micro)
+    counts = Counts(*all_reduce_ints([sum(int(m.sum()) for m in masks), sum(valid_frames), clips], env))
     audio_samples = all_reduce_ints([sum(int(b.lengths.sum()) for _, _, b in micro)], env)[0]
     totals: dict[str, Tensor] = {}
     for i, ((epoch, index, batch), mask) in enumerate(zip(micro, masks)):
