@@ -30,8 +30,10 @@ from frontend_pitch import make_optimiser, supervised_step  # this folder's supe
 from mertkit.eval.baselines import load_segment
 from mertkit.eval.datasets import encode_labels
 from mertkit.eval.suite_runner import load_suite_tasks
-from mertkit.models.hubert.model import MertModel
+from mertkit.models.mert2.model import Mert2Model
+from mertkit.pretrain.mlm_model import build_backbone, set_mel_statistics
 from mertkit.pretrain.pretrain_config import load_config
+from mertkit.pretrain.trainer import MEL_STATISTICS_CLIPS
 
 
 def load_split(suite: Path, sample_rate: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -48,7 +50,7 @@ def load_split(suite: Path, sample_rate: int) -> dict[str, tuple[torch.Tensor, t
 
 
 @torch.inference_mode()
-def accuracy(model: MertModel, head: torch.nn.Linear, waves: torch.Tensor, labels: torch.Tensor) -> float:
+def accuracy(model: torch.nn.Module, head: torch.nn.Linear, waves: torch.Tensor, labels: torch.Tensor) -> float:
     model.eval()
     hits = 0
     for start in range(0, len(waves), 32):
@@ -61,8 +63,10 @@ def accuracy(model: MertModel, head: torch.nn.Linear, waves: torch.Tensor, label
 def train(preset: str, data: dict, updates: int, lr: float, batch: int, seed: int) -> None:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = MertModel(load_config(preset).mert_config()).train()
+    model = build_backbone(load_config(preset)).train()
     waves, labels = data["train"]
+    if isinstance(model, Mert2Model):  # a MERT-v2 layout (tiny-mel): its mel statistics from the training clips
+        set_mel_statistics(model, list(waves[:MEL_STATISTICS_CLIPS]))
     head = torch.nn.Linear(model.config.hidden_size, int(labels.max()) + 1)
     params = [*model.parameters(), *head.parameters()]
     optimiser = make_optimiser(params, lr)
@@ -84,7 +88,7 @@ def train(preset: str, data: dict, updates: int, lr: float, batch: int, seed: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", type=Path, help="a suite folder with an instrument task")
-    parser.add_argument("--preset", action="append", help="Pre-training preset (repeatable) [tiny-wide].")
+    parser.add_argument("--preset", action="append", help="Pre-training preset (repeatable) [tiny-wide]; tiny-mel: MERT-v2 layout.")
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--batch", type=int, default=16)
