@@ -23,14 +23,20 @@ import mertkit
 from mertkit.audio import load_audio
 from mertkit.eval.baselines import BASELINES, SpectralConfig
 from mertkit.pretrain.diagnostics import available_tasks, pooled_hidden_states, probe_states, suite_clips
+from mertkit.models.mert2.model import Mert2Model
 from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.trainer import initial_model
 
 
-def initial_backbone(summary_path: Path) -> torch.nn.Module:
-    """The backbone the trainer started from, rebuilt from the summary's config and seed."""
+def initial_backbone(summary_path: Path, trained: torch.nn.Module) -> torch.nn.Module:
+    """The backbone the trainer started from, rebuilt from the summary's config and seed. A
+    MERT-v2 layout's mel statistics were measured on the corpus, not drawn from the seed, and
+    never train: they are the trained model's."""
     config = json.loads(summary_path.read_text(encoding="utf-8"))["config"]
-    return initial_model(PretrainConfig.from_dict(config, source=str(summary_path))).backbone.eval()
+    backbone = initial_model(PretrainConfig.from_dict(config, source=str(summary_path))).backbone.eval()
+    if isinstance(backbone, Mert2Model):
+        backbone.feature_extractor.load_state_dict(trained.feature_extractor.state_dict())
+    return backbone
 
 
 def probe_line(name: str, features, suite: Path) -> str:
@@ -61,7 +67,7 @@ def main() -> None:
     rate = mertkit.contract_of(model).sample_rate
     summary = args.model / "training_summary.json"
     if summary.is_file():
-        print(probe_line("initialisation", model_features(initial_backbone(summary), rate), args.suite), flush=True)
+        print(probe_line("initialisation", model_features(initial_backbone(summary, model), rate), args.suite), flush=True)
     print(probe_line(args.model.name, model_features(model, rate), args.suite), flush=True)
     for name in BASELINES:
         print(probe_line(f"{name} stats", baseline_features(name), args.suite), flush=True)

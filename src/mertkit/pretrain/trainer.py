@@ -223,7 +223,9 @@ def build_model(cfg: PretrainConfig) -> MertPretrainModel:
 
 def initial_model(cfg: PretrainConfig) -> MertPretrainModel:
     """The run's initial weights, a function of `cfg.seed` alone: identical on every process,
-    and rebuildable from a saved config (update 0 of a probe curve, after the run is gone)."""
+    and rebuildable from a saved config (update 0 of a probe curve, after the run is gone).
+    A MERT-v2 layout's mel statistics are the exception: `train` measures them on the corpus
+    (`set_mel_statistics`), so its update-0 snapshot or its export holds them."""
     torch.manual_seed(cfg.seed)
     return build_model(cfg)
 
