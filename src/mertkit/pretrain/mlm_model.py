@@ -247,9 +247,7 @@ def build_backbone(cfg: PretrainConfig) -> nn.Module:
     front.spectrogram.window.copy_(torch.hann_window(config.win_length, periodic=True))
     bank = mel_filterbank(config.sampling_rate, config.n_fft, config.num_mel_bins)  # [mels, bins]
     front.mel_scale.fb.copy_(torch.as_tensor(bank.T, dtype=torch.float32))
-    front.mel_mean.zero_()
-    front.mel_std.fill_(1.0)
-    return model
+    return model  # mel_mean / mel_std start as MelFrontEnd's 0 / 1
 
 
 @torch.no_grad()
