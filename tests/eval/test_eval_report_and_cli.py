@@ -79,6 +79,13 @@ def test_probe_command(tmp_path):
     assert "m.csv: row 'train/1.wav': label 'pop' is not in the task's label set" in bad.output
     assert isinstance(bad.exception, SystemExit)  # a clean click error, not a traceback
 
+    # baselines read the manifest's audio: none here, so a one-line error naming the file
+    no_audio = CliRunner().invoke(probe, args + ["--overwrite", "--baselines", "mfcc"])
+    assert no_audio.exit_code == 1 and "row 'train/0.wav': audio file" in no_audio.output
+    assert "Traceback" not in no_audio.output
+    unknown = CliRunner().invoke(probe, args + ["--overwrite", "--baselines", "mfcc,zcr"])
+    assert unknown.exit_code == 2 and "unknown baselines ['zcr']" in unknown.output
+
 
 def test_scores_say_n1_for_one_seed_and_show_the_interval():
     from mertkit.eval.report import format_score
@@ -166,6 +173,45 @@ def test_probe_reads_a_bench_suite_task_folder(tmp_path):
     inline = '{"name": "x", "kind": "multiclass", "labels": ["a"]}'
     bare = CliRunner().invoke(probe, args[:3] + [inline] + args[4:-3] + ["-o", str(tmp_path / "o3")])
     assert bare.exit_code == 2 and "--manifest is required" in bare.output
+
+
+def test_probe_puts_the_classic_baselines_beside_the_model(tmp_path):
+    pytest.importorskip("pretty_midi")
+    pytest.importorskip("tinysoundfont")
+    from mertkit.eval.baselines import baseline_feature_splits
+    from mertkit.eval.datasets import read_manifest
+    from mertkit.synth.suite import build_task
+
+    folder = build_task(tmp_path / "suite", "pitch_class", num_clips=24, seed=3)
+    rng = np.random.default_rng(0)
+    with (folder / "manifest.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:  # features that know nothing: noise
+        target = tmp_path / "feats" / f"{row['path']}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"hidden_states": rng.normal(size=(2, 8)).astype(np.float32)}, str(target), metadata={"model": "noise"})
+    args = ["--features", str(tmp_path / "feats"), "--task", str(folder), "--layers", "all", "--probe", "linear",
+            "--seeds", "0", "--lrs", "0.05", "--epochs", "40", "--baselines", "chroma,mfcc", "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(probe, args)
+    assert result.exit_code == 0, result.output
+    assert "  chroma stats: " in result.output and "  MFCC stats: " in result.output
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert payload["model"] == "noise" and sorted(payload["baselines"]) == ["MFCC stats", "chroma stats"]
+    chroma_row = payload["baselines"]["chroma stats"][0]
+    assert chroma_row["task"] == "pitch_class" and chroma_row["layer"] == 0
+
+    # the row is the same probe run on the baseline's own features, computed independently here
+    task = TaskSpec.from_dict(json.loads((folder / "task.json").read_text()))
+    splits = baseline_feature_splits(read_manifest(folder / "manifest.csv", task), task, "chroma")
+    direct = run_probe(task, splits, ProbeConfig(kind="linear", layer=0, lrs=(0.05,), seeds=(0,), max_epochs=40))
+    assert chroma_row["test_mean"]["accuracy"] == pytest.approx(direct.score)
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert f"| pitch_class | chroma stats | linear | stats | accuracy | {100 * direct.score:.1f}" in table
+
+    beat = json.dumps({"name": "beat", "kind": "beat", "labels": []})
+    frame_level = CliRunner().invoke(probe, args[:3] + [beat, "--manifest", str(folder / "manifest.csv")] + args[4:-2]
+                                     + ["-o", str(tmp_path / "o2")])
+    assert frame_level.exit_code == 2 and "task 'beat' is beat-level" in frame_level.output
 
 
 def test_bench_suite_task_json_is_a_task_spec():

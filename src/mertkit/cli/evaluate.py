@@ -17,26 +17,21 @@ from pathlib import Path
 import click
 
 from mertkit.cli.options import (
-    BatchSize, CommaList, FiniteFloat, LearningRates, PositiveInt, Seeds, device_option, examples, install_hint, quiet,
-    verbosity,
+    BatchSize, FiniteFloat, LearningRates, Names, PositiveInt, Seeds, device_option, examples, install_hint,
+    parse_baselines, quiet, verbosity,
 )
 from mertkit.eval.baselines import BASELINE_SCOPE, DEFAULT_BASELINES
 from mertkit.synth.suite import DEFAULT_CLIPS_PER_TASK, default_clips
 
 QUICK = {"clips": 40, "seeds": (0,), "lrs": (1e-3,), "epochs": 30, "random_init": 1}
-NAMES = CommaList(click.STRING)
 
 
 def _parse_layers(value: str) -> tuple[int | str, ...]:
-    layers = tuple(int(part) if part.isdigit() else part for part in NAMES.convert(value, None, None))
+    layers = tuple(int(part) if part.isdigit() else part for part in Names.convert(value, None, None))
     bad = [layer for layer in layers if isinstance(layer, str) and layer not in ("all", "weighted", "conv1d")]
     if bad:
         raise click.BadParameter(f"expected layer indices, 'all', 'weighted' or 'conv1d', got {value!r}", param_hint="--layers")
     return layers
-
-
-def _parse_baselines(value: str) -> tuple[str, ...]:
-    return () if value.strip().lower() == "none" else NAMES.convert(value, None, None)
 
 
 @click.command("eval", epilog=examples(
@@ -56,7 +51,7 @@ def _parse_baselines(value: str) -> tuple[str, ...]:
               show_default=True, help="Folder for the feature cache (OUT/features) and the run folders (OUT/<run>).")
 @click.option("--run-name", default=None, help="Run folder name under OUT [default: the UTC start time, YYYYmmdd-HHMMSS].")
 @click.option("--overwrite", is_flag=True, help="Replace the report of an existing run folder of the same name.")
-@click.option("--tasks", type=NAMES, default="pitch,pitch_class,instrument,key,tempo,beat", show_default=True,
+@click.option("--tasks", type=Names, default="pitch,pitch_class,instrument,key,tempo,beat", show_default=True,
               help="Comma-separated: pitch, pitch_class, instrument, key, tempo, beat.")
 @click.option("--probe", "probe_kind", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True,
               help="Probe for the clip-level tasks.")
@@ -109,7 +104,7 @@ def evaluate(ctx: click.Context, model_names: tuple[str, ...], suite: str, suite
         run = run_suite(
             list(model_names) or [None], suite_dir, out_dir, tasks=tasks, probe=probe_kind, beat_probe=beat_probe,
             layers=_parse_layers(layers), seeds=seeds, lrs=lrs, max_epochs=epochs, patience=patience,
-            baselines=_parse_baselines(baselines), seed=seed, clips_per_task=clips, window=window, batch_size=batch_size,
+            baselines=parse_baselines(baselines), seed=seed, clips_per_task=clips, window=window, batch_size=batch_size,
             dtype=dtype, device=device, random_init=random_init, run_name=run_name, overwrite=overwrite,
             progress=not quiet(), log=log,
         )

@@ -1,12 +1,15 @@
 """`mert probe`: train MARBLE-style probes on cached features and write JSON, Markdown and plots."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import click
 
-from mertkit.cli.options import LearningRates, PositiveInt, Seeds, examples, out_option, quiet, verbosity
+from mertkit.cli.options import (
+    LearningRates, PositiveInt, Seeds, examples, out_option, parse_baselines, quiet, verbosity,
+)
 
 
 def _parse_layer(value: str) -> int | str:
@@ -63,6 +66,7 @@ def _default_manifest(task_value: str) -> Path:
     "mert probe --features feats/ --manifest m.csv --task task.json --probe linear --lrs 1e-3,1e-2 -o results/",
     "mert probe --features feats/key --task suite/key --layers all -o results/key   # a bench-suite task folder",
     "mert probe --features feats/ --manifest beats.csv --task beat.json --probe linear --context 4 -o results/beat",
+    "mert probe --features feats/ --manifest m.csv --task genre.json --baselines mfcc,chroma,logmel -o results/",
 ))
 @click.option("--features", "features_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of <path>.safetensors files written by `mert extract`.")
@@ -84,6 +88,9 @@ def _default_manifest(task_value: str) -> Path:
               help="Mini-batch size; 0 for full batch.")
 @click.option("--context", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Frame and beat tasks: frames either side the probe sees (`mert eval` gives beat 4).")
+@click.option("--baselines", default="none", show_default=True,
+              help="Classic features probed the same way on the same clips, beside the model: mfcc, chroma, logmel "
+                   "(their mean and std over time; clip tasks; read from the manifest's audio), or none.")
 @click.option("--model-name", default="", help="Label for the table and plot (default: from the features).")
 @out_option("Folder for results.json, results.md, layers.png, the confusion matrices and probe.safetensors "
             "(the best probe).", path_type=Path)
@@ -91,10 +98,11 @@ def _default_manifest(task_value: str) -> Path:
 @verbosity
 def probe(features_dir: Path, manifest: Path | None, task_value: str, layer: str, layer_alias: str | None,
           probe_kind: str, seeds: tuple[int, ...], lrs: tuple[float, ...], epochs: int, patience: int, batch_size: int,
-          context: int, model_name: str, out: Path, overwrite: bool) -> None:
+          context: int, baselines: str, model_name: str, out: Path, overwrite: bool) -> None:
     """Train probes on cached features and report test scores."""
+    from mertkit.eval.baselines import BASELINE_TITLES, BASELINES, baseline_feature_splits
     from mertkit.eval.datasets import DatasetError, read_manifest
-    from mertkit.eval.features import from_safetensors_dir
+    from mertkit.eval.features import FeatureError, from_safetensors_dir
     from mertkit.eval.probes import ProbeConfig, ProbeError, count_fits, run_probe
     from mertkit.eval.report import format_score, write_report
     from mertkit.eval.saved_probe import FILE_NAME, save_probe
@@ -107,21 +115,37 @@ def probe(features_dir: Path, manifest: Path | None, task_value: str, layer: str
         raise click.ClickException(f"{out}: already holds a report; choose another --out or pass --overwrite")
     task = _load_task(task_value)
     manifest = manifest or _default_manifest(task_value)
+    baseline_names = parse_baselines(baselines)
+    unknown = [name for name in baseline_names if name not in BASELINES]
+    if unknown:
+        raise click.BadParameter(f"unknown baselines {unknown}; choose from {sorted(BASELINES)} or none",
+                                 param_hint="--baselines")
+    if baseline_names and task.kind in ("frame", "beat"):
+        raise click.BadParameter(f"they are clip statistics; task {task.name!r} is {task.kind}-level "
+                                 "(`mert eval` probes an onset-strength baseline on beat tasks)", param_hint="--baselines")
     try:
         cfg = ProbeConfig(
             kind=probe_kind, layer=_parse_layer(layer), lrs=lrs, seeds=seeds, max_epochs=epochs, patience=patience,
             batch_size=batch_size or None, context=context,
         )
-        records = read_manifest(manifest, task, check_files=False)  # audio is not needed, only features
+        # the model's probe needs only features; the baselines compute theirs from the audio
+        records = read_manifest(manifest, task, check_files=bool(baseline_names))
         data = from_safetensors_dir(features_dir, records, task)
-        with Progress(count_fits(cfg, data.num_layers), f"probe {task.name}", unit="fit", enabled=not quiet()) as bar:
+        baseline_data = {BASELINE_TITLES[name]: baseline_feature_splits(records, task, name) for name in baseline_names}
+        baseline_cfg = dataclasses.replace(cfg, layer=0)  # one "layer": the statistics
+        fits = count_fits(cfg, data.num_layers) + len(baseline_data) * count_fits(baseline_cfg, 1)
+        with Progress(fits, f"probe {task.name}", unit="fit", enabled=not quiet()) as bar:
             result = run_probe(task, data, cfg, bar)
-    except (DatasetError, ProbeError) as error:
+            floors = {title: run_probe(task, splits, baseline_cfg, bar) for title, splits in baseline_data.items()}
+    except (DatasetError, FeatureError, ProbeError) as error:
         raise click.ClickException(str(error)) from error
     model = model_name or str(data.meta.get("model") or features_dir.name)
-    paths = write_report([result], out, model, labels={task.name: task.labels} if task.labels else None)
+    paths = write_report([result], out, model, labels={task.name: task.labels} if task.labels else None,
+                         baselines={title: [floor] for title, floor in floors.items()})
     paths["probe"] = save_probe(result, task, data, cfg, out / FILE_NAME)  # what `mert serve --probe` loads
     layer_text = f" (layer {result.best_layer} chosen on valid)" if result.best_layer is not None else ""
     click.echo(f"{task.name}: {task.metric} ×100 = {format_score(result)}{layer_text}")
+    for title, floor in floors.items():
+        click.echo(f"  {title}: {format_score(floor)}")
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")

@@ -160,6 +160,8 @@ ONSET = "onset"
 # version, so a changed feature definition never reuses stale features.
 FEATURE_VERSION = "3"
 DEFAULT_BASELINES = ("mfcc", "chroma", "logmel", ONSET)
+# How reports name each baseline's row, line or column.
+BASELINE_TITLES = {"mfcc": "MFCC stats", "chroma": "chroma stats", "logmel": "log-mel stats", ONSET: "onset strength"}
 # Which tasks each baseline serves (the CLI help and the report notes say the same).
 BASELINE_SCOPE = "mfcc, chroma, logmel: clip tasks (pitch, pitch_class, instrument, key, tempo); onset: beat"
 

@@ -55,28 +55,39 @@ def json_text(payload: Any, reasons: dict[str, str] | None = None) -> str:
     return json.dumps(cleaned, indent=2, sort_keys=True, allow_nan=False)
 
 
-def results_to_json(results: Sequence[ProbeResult], path: str | Path, model: str = "") -> Path:
-    """Write ``{"model": ..., "results": [ProbeResult.to_dict(), ...]}`` (strict JSON)."""
+Baselines = dict[str, Sequence[ProbeResult]]  # {title: its results}, probed like the model on the same clips
+
+
+def results_to_json(results: Sequence[ProbeResult], path: str | Path, model: str = "",
+                    baselines: Baselines | None = None) -> Path:
+    """Write ``{"model": ..., "results": [ProbeResult.to_dict(), ...]}`` (strict JSON), with
+    ``"baselines": {title: [...]}`` when there are any."""
     path = Path(path)
-    payload = {"model": model, "results": [result.to_dict() for result in results]}
+    payload: dict[str, Any] = {"model": model, "results": [result.to_dict() for result in results]}
+    if baselines:
+        payload["baselines"] = {title: [result.to_dict() for result in rows] for title, rows in baselines.items()}
     path.write_text(json_text(payload))
     return path
 
 
-def markdown_table(results: Sequence[ProbeResult], model: str = "") -> str:
-    """One row per task and layer setting (sweeps add a row per layer): mean ± std x 100."""
+def markdown_table(results: Sequence[ProbeResult], model: str = "", baselines: Baselines | None = None) -> str:
+    """One row per task and layer setting (sweeps add a row per layer), then one per baseline:
+    mean ± std x 100."""
     header = "| task | model | probe | layer | metric | test ×100: mean ± std over seeds [95 % CI over test clips] | valid | best lr |"
     lines = [header, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for result in results:
         lines.append(_row(result, model, _layer_label(result)))
         for layer_result in result.per_layer:
             lines.append(_row(layer_result, model, f"{layer_result.layer}"))
+    for title, rows in (baselines or {}).items():
+        lines.extend(_row(result, title, "stats") for result in rows)
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(results: Sequence[ProbeResult], path: str | Path, model: str = "") -> Path:
+def write_markdown(results: Sequence[ProbeResult], path: str | Path, model: str = "",
+                   baselines: Baselines | None = None) -> Path:
     path = Path(path)
-    path.write_text(markdown_table(results, model))
+    path.write_text(markdown_table(results, model, baselines))
     return path
 
 
@@ -242,15 +253,17 @@ def plot_layer_weights(weights: dict[str, Sequence[float]], path: str | Path, ti
 
 
 def write_report(results: Sequence[ProbeResult], out_dir: str | Path, model: str = "",
-                 labels: dict[str, Sequence[str]] | None = None) -> dict[str, Path]:
+                 labels: dict[str, Sequence[str]] | None = None, baselines: Baselines | None = None) -> dict[str, Path]:
     """``results.json``, ``results.md``, ``layers.png`` and, for multiclass results whose class
-    names are in ``labels``, ``confusion-<task>.png`` / ``.json`` in ``out_dir``."""
+    names are in ``labels``, ``confusion-<task>.png`` / ``.json`` in ``out_dir``. ``baselines``
+    add rows to the JSON and the table and horizontal lines to the plot."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    lines = {title: {result.task: result.score for result in rows} for title, rows in (baselines or {}).items()}
     paths = {
-        "json": results_to_json(results, out_dir / "results.json", model),
-        "markdown": write_markdown(results, out_dir / "results.md", model),
-        "plot": plot_layers(results, out_dir / "layers.png", model),
+        "json": results_to_json(results, out_dir / "results.json", model, baselines),
+        "markdown": write_markdown(results, out_dir / "results.md", model, baselines),
+        "plot": plot_layers(results, out_dir / "layers.png", model, lines),
     }
     for result in results:
         names = (labels or {}).get(result.task)

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from mertkit.eval.baselines import BASELINE_SCOPE, DEFAULT_BASELINES, FEATURE_VERSION, ONSET
+from mertkit.eval.baselines import BASELINE_SCOPE, BASELINE_TITLES, DEFAULT_BASELINES, FEATURE_VERSION, ONSET
 from mertkit.eval.datasets import DatasetError, Record, TaskSpec, encode_labels, read_manifest
 from mertkit.eval.features import FeatureError, FeatureSplits, from_safetensors_dir, read_feature_file
 from mertkit.eval.metrics import MetricError
@@ -84,7 +84,6 @@ PROBE_TASKS: dict[str, str] = {"pitch": "pitch", "pitch_class": "pitch_class", "
 DEFAULT_TASKS = ("pitch", "pitch_class", "instrument", "key", "tempo", "beat")
 DEFAULT_RANDOM_INIT = 3
 BEAT_NOT_RUN = "beat tracking not run (not among the tasks); tempo is scored as BPM regression only"
-BASELINE_TITLES = {"mfcc": "MFCC stats", "chroma": "chroma stats", "logmel": "log-mel stats", "onset": "onset strength"}
 ONSET_PEAKS = "onset peaks"  # the onset baseline's probe-free row
 # Report column titles of every baseline row.
 ROW_TITLES = {**BASELINE_TITLES, "onset": "onset strength (probe)", ONSET_PEAKS: "onset peaks (no probe)"}
