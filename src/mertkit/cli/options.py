@@ -57,12 +57,12 @@ class CommaList(click.ParamType):
 
 LearningRates = CommaList(FiniteFloat(min=0, min_open=True))
 Names = CommaList(click.STRING)
+Seeds = CommaList(click.IntRange(0, 2**32 - 1))
 
 
 def parse_baselines(value: str) -> tuple[str, ...]:
     """`--baselines`: 'mfcc,chroma' -> ('mfcc', 'chroma'); 'none' -> () (names are checked where they are used)."""
     return () if value.strip().lower() == "none" else Names.convert(value, None, None)
-Seeds = CommaList(click.IntRange(0, 2**32 - 1))
 
 
 class Device(click.ParamType):
