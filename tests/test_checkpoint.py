@@ -70,7 +70,7 @@ def test_config_errors_name_the_file(tmp_path):
 
 def test_registry_carries_the_input_contract():
     assert set(PRETRAINED) == {"MERT-v1-330M", "MERT-v1-95M", "MERT-v0-public", "MERT-v0", "music2vec-v1",
-                               "MERT-v2-30s", "MERT-v2-FullSong", "mertkit-tiny-music"}
+                               "MERT-v2-30s", "MERT-v2-FullSong", "mertkit-tiny-mel"}
     assert lookup("") is None
     assert lookup("m-a-p/MERT-v1-330M").revision == "7bab7bb5d8b52448eff4873a980dc17f0015a09c"
     assert lookup("mert-v1-95m").sample_rate == 24000 and lookup("music2vec-v1").frame_rate == 50.0
@@ -108,8 +108,10 @@ def test_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
     assert "m-a-p/MERT-v1-95M" in str(err.value) and "--local-dir" in str(err.value)
     with pytest.raises(CheckpointError, match="neither a local directory"):
         mertkit.load("not-a-model")
-    with pytest.raises(CheckpointError, match="no longer shipped: mertkit-tiny-music replaced it"):
+    with pytest.raises(CheckpointError, match="no longer shipped: mertkit-tiny-music and then mertkit-tiny-mel"):
         mertkit.load("mertkit-tiny-synth")
+    with pytest.raises(CheckpointError, match="no longer shipped: mertkit-tiny-mel replaced it"):
+        mertkit.load("mertkit-tiny-music")
 
 
 def test_sharded_safetensors_and_preprocessor_flag(tmp_path):
@@ -133,6 +135,32 @@ def test_sharded_safetensors_and_preprocessor_flag(tmp_path):
     assert loaded.info.do_normalize is False
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    torch.manual_seed(0)
+    model = MertModel(tiny_config("pre_ln")).eval()
+    full = save_pretrained(model, tmp_path / "full", formats=("safetensors",))
+    half = save_pretrained(model, tmp_path / "half", formats=("safetensors",), dtype=torch.float16)
+    assert {t.dtype for t in read_state_dict(half).values()} == {torch.float16}
+    ratio = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55, ratio
+    loaded = mertkit.load(half)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    wave = torch.randn(1, 8000)
+    with torch.no_grad():
+        ref, got = model(wave).last_hidden_state, loaded(wave).last_hidden_state
+    assert not torch.equal(ref, got) and torch.allclose(ref, got, rtol=1e-2, atol=1e-2)
+
+
+def test_float16_storage_refuses_values_it_cannot_hold(tmp_path):
+    model = MertModel(tiny_config("pre_ln"))
+    with torch.no_grad():
+        model.feature_projection.projection.weight[0, 0] = 1e5
+    with pytest.raises(CheckpointError, match=r"feature_projection\.projection\.weight: values beyond torch\.float16"):
+        save_pretrained(model, tmp_path / "half", formats=("safetensors",), dtype=torch.float16)
+    with pytest.raises(CheckpointError, match="float32, float16, not torch.bfloat16"):
+        save_pretrained(model, tmp_path / "bf16", formats=("safetensors",), dtype=torch.bfloat16)
 
 
 def test_export_round_trip_is_bit_exact(tmp_path):

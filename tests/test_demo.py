@@ -19,7 +19,9 @@ def test_shipped_model_is_the_offline_default_and_small():
     summary = json.loads((directory / "training_summary.json").read_text())
     assert summary["updates"] > 0 and summary["loss_last"] < summary["loss_first"]
     model = mertkit.load(directory)
-    assert model.config.sample_rate == 24000 and model.info.num_hidden_states == model.config.num_hidden_layers + 1
+    # a MERT-v2-layout model: one hidden state per Conformer block, at 25 Hz
+    assert model.config.sample_rate == 24000 and model.info.num_hidden_states == model.config.num_hidden_layers
+    assert model.info.frame_rate == 25.0
 
 
 def test_shipped_model_was_trained():
@@ -35,5 +37,5 @@ def test_demo_command_runs_offline(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "RANDOM" not in result.output
-    assert "pool=none: hidden_states [5, 594, 256]" in result.output  # 372 + 222 frames of 5 s windows
+    assert "pool=none: hidden_states [4, 200, 256]" in result.output  # 125 + 75 frames of 5 s windows at 25 Hz
     assert (tmp_path / "demo" / "mean" / f"{EXAMPLE_AUDIO}.safetensors").is_file()

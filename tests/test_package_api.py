@@ -30,8 +30,8 @@ def test_api_names_are_discoverable():
 
 def test_the_shipped_model_loads_by_its_registry_name():
     card = lookup(SHIPPED_MODEL)
-    model = mertkit.load("mertkit-tiny-music")
-    assert model.info.name == "mertkit-tiny-music" and model.info.path == str(asset_dir(card))
+    model = mertkit.load("mertkit-tiny-mel")
+    assert model.info.name == "mertkit-tiny-mel" and model.info.path == str(asset_dir(card))
     assert (model.info.sample_rate, model.info.frame_rate, model.info.num_hidden_states) == (
         card.sample_rate, card.frame_rate, card.num_hidden_states)
     assert model.info.do_normalize is card.do_normalize
@@ -40,8 +40,8 @@ def test_the_shipped_model_loads_by_its_registry_name():
 
 
 def test_extract_takes_the_shipped_model_by_name(tmp_path):
-    result = CliRunner().invoke(main, ["extract", str(asset(EXAMPLE_AUDIO)), "--model", "mertkit-tiny-music",
-                                       "-o", str(tmp_path), "--pool", "mean", "--layers", "0,4", "-q"])
+    result = CliRunner().invoke(main, ["extract", str(asset(EXAMPLE_AUDIO)), "--model", "mertkit-tiny-mel",
+                                       "-o", str(tmp_path), "--pool", "mean", "--layers", "0,3", "-q"])
     assert result.exit_code == 0, result.output
     tensors, meta = load_features(tmp_path / f"{EXAMPLE_AUDIO}.safetensors")
-    assert meta["model"] == "mertkit-tiny-music" and tuple(tensors["hidden_states"].shape) == (2, 256)
+    assert meta["model"] == "mertkit-tiny-mel" and tuple(tensors["hidden_states"].shape) == (2, 256)

@@ -1,31 +1,45 @@
 #!/usr/bin/env bash
-# The shipped model, `mertkit-tiny-music` (session 7), from nothing: every step is seeded. Run
-# from an empty folder with mertkit installed. On the 2-core CPU: corpus and labels about 5 min;
-# pre-training about 50-60 min (one thread, beside a second run); evaluation about 40 min.
+# The shipped model, `mertkit-tiny-mel` (session 12), from nothing: every step is seeded. Run
+# from an empty folder with mertkit installed. On the 2-core CPU: corpus and labels about 3 min;
+# pre-training about 2 h 20 min (two threads: 78 min to update 10 000, 63 min more to 18 000);
+# evaluation about 10 min (bench-suite and eval) plus 20 min (pretrain-diagnose).
 #
-#   bash scripts/small_model/retrain.sh [MODEL_OUT]     # MODEL_OUT defaults to ./mertkit-tiny-music
+#   bash scripts/small_model/retrain.sh [MODEL_OUT]     # MODEL_OUT defaults to ./mertkit-tiny-mel
 set -euo pipefail
-out="${1:-mertkit-tiny-music}"
+out="${1:-mertkit-tiny-mel}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-# 1. corpus: 6 h of structured MIDI music, half the sections solos or duos (seed 1000; the
-#    benchmark suite renders from its own generator and seeds)
-mert synth-corpus -o corpus_v --hours 6 --seed 1000 --texture varied --workers 2
-# 2. teacher: one k-means codebook (500 codes) on log-mel + chroma frames of the corpus, 75 Hz
-mert labels corpus_v -o labels_v --teacher kmeans --features logmel_chroma --codebook-size 500
-# 3. pre-training: tiny-wide backbone (one 1280-sample learned filterbank); the k-means codes
-#    (CE x 0.1) and, on the CQT head, the log-standardised CQT with three targets derived from
-#    it: each octave's onset flux (x 0.3), the chroma (x 0.5) and the log CQT's cepstrum (x 1.0);
-#    all on masked and unmasked frames; in-batch mixture; bf16 autocast; 1600 updates of 8 x 5 s
-mert pretrain --config tiny-wide --audio corpus_v --labels labels_v --out run \
+# 1. corpus: 20 h of structured MIDI music, half the sections solos or duos, every pitched GM
+#    program free to lead (seed 1000; the benchmark suite renders from its own generator and seeds)
+mert synth-corpus -o corpus_gm --hours 20 --seed 1000 --texture varied --palette gm --workers 2
+# 2. teacher: one k-means codebook (500 codes) on log-mel + chroma frames of the corpus, at the
+#    backbone's 25 Hz
+mert labels corpus_gm -o labels_gm25 --teacher kmeans --features logmel_chroma --codebook-size 500 --frame-rate 25
+# 3. pre-training: tiny-mel backbone (MERT-v2 layout: normalised log-mel, ConvNeXt-V2 subsampling
+#    to 25 Hz, 4 Conformer blocks x 256); the k-means codes (CE x 0.1) and, on the CQT head, the
+#    log-standardised CQT with three targets derived from it: each octave's onset flux (x 0.3),
+#    the chroma (x 0.5) and the log CQT's cepstrum (x 1.0); all on masked and unmasked frames;
+#    in-batch mixture; bf16 autocast; batches of 8 x 5 s.
+#    Stage a: 10 000 updates, lr warmed up over 300 and decayed linearly to 0 at update 10 000.
+mert pretrain --config tiny-mel --audio corpus_gm --labels labels_gm25 --out run \
   --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8 \
-  --set total_updates=1600 --set warmup_updates=50 --set unmasked_weight=1.0 --set ce_weight=0.1 \
+  --set warmup_updates=300 --set unmasked_weight=1.0 --set ce_weight=0.1 \
   --set cqt_target=log_standardised --set flux_weight=0.3 --set chroma_weight=0.5 --set timbre_weight=1.0 \
-  --set 'snapshot_fractions=[0,0.1,0.25,0.5,1.0]' --set log_interval=20 --set ckpt_interval=100
-# 4. export to the official layout, with the training summary beside the weights
-mert export run -o "$out"
-python "$here/summarise_log.py" run labels_v "$out/training_summary.json" "$here/retrain.sh"
+  --set 'snapshot_fractions=[0,0.04,0.08,0.16,0.24,0.36,0.48,0.64,0.8,1.0]' --set log_interval=20 --set ckpt_interval=100 \
+  --set total_updates=10000
+#    Stage b: the same run resumed with its schedule stretched to 18 000 updates (the only change:
+#    the lr restarts at 2.3e-4, the value the stretched schedule has at update 10 000, and decays to 0)
+mert pretrain --config tiny-mel --audio corpus_gm --labels labels_gm25 --out run --resume \
+  --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8 \
+  --set warmup_updates=300 --set unmasked_weight=1.0 --set ce_weight=0.1 \
+  --set cqt_target=log_standardised --set flux_weight=0.3 --set chroma_weight=0.5 --set timbre_weight=1.0 \
+  --set 'snapshot_fractions=[0,0.04,0.08,0.16,0.24,0.36,0.48,0.64,0.8,1.0]' --set log_interval=20 --set ckpt_interval=100 \
+  --set total_updates=18000
+# 4. export to the official layout (weights stored as float16: 15 MB; they load as float32), with
+#    the training summary beside the weights
+mert export run -o "$out" --format safetensors --dtype float16
+python "$here/summarise_log.py" run labels_gm25 "$out/training_summary.json" "$here/retrain.sh"
 # 5. probe curve over the run's snapshots and the benchmark with its floors (3 random inits)
 mert bench-suite synth -o suite
-mert pretrain-diagnose run --suite suite --audio corpus_v --labels labels_v
+mert pretrain-diagnose run --suite suite --audio corpus_gm --labels labels_gm25
 mert eval --suite-dir suite -m "$out" -o eval --run-name "$out" --random-init 3

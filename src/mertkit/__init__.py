@@ -1,7 +1,7 @@
 """mertkit: the m-a-p MERT / music2vec family in native PyTorch.
 
     import mertkit
-    model = mertkit.load("MERT-v1-95M")            # or "mertkit-tiny-music", a hub id, a folder
+    model = mertkit.load("MERT-v1-95M")            # or "mertkit-tiny-mel", a hub id, a folder
     feats = mertkit.embed(model, "song.mp3")       # exactly what `mert extract` gives (any options)
     vectors = mertkit.embed_file(model, "song.mp3")  # pooled: what `mert extract --pool mean` gives
     store = mertkit.store.open("feats.parquet/")   # a feature store written by `mert extract --store`

@@ -110,6 +110,21 @@ def test_mert2_run_measures_mel_statistics_and_exports_exactly(corpus, tmp_path)
     assert len(b.hidden_states) == 2
     assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states))
 
+    # float16 storage (how the shipped model is stored): the front end's buffers stay float32
+    from mertkit.cli.app import main
+    from mertkit.models.checkpoint import read_state_dict
+
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "hf16"),
+                                       "--format", "safetensors", "--dtype", "float16"])
+    assert result.exit_code == 0, result.output
+    stored = read_state_dict(tmp_path / "hf16")
+    assert {k for k, v in stored.items() if v.dtype == torch.float32} == set(Mert2Model.float32_tensors)
+    assert stored["layers.0.ffn1.w_1.weight"].dtype == torch.float16
+    with torch.no_grad():
+        c = mertkit.load(tmp_path / "hf16")(wave, lengths)
+    for x, z in zip(a.hidden_states, c.hidden_states):
+        assert torch.allclose(x, z, rtol=1e-2, atol=1e-2)
+
 
 def test_mert2_masked_frames_read_the_mask_embedding(corpus):
     from mertkit.pretrain.trainer import initial_model

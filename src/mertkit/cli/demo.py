@@ -10,7 +10,7 @@ from mertkit.cli.options import device_option, examples, model_option, out_optio
 
 @click.command(epilog=examples("mert demo", "mert demo -o out/demo --model MERT-v1-95M"))
 @out_option("Output folder.", default="out/demo")
-@model_option(required=False, help="Model to run [default: the shipped model, mertkit-tiny-music].")
+@model_option(required=False, help="Model to run [default: the shipped model, mertkit-tiny-mel].")
 @device_option()
 @verbosity
 def demo(out: str, model: str | None, device: str) -> None:

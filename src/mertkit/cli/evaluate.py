@@ -38,11 +38,11 @@ def _parse_layers(value: str) -> tuple[int | str, ...]:
     "mert eval --quick",
     "mert bench-suite synth -o suite/ && mert eval --suite-dir suite/ -m MERT-v1-95M",
     "mert eval -m MERT-v1-95M -m MERT-v0 --tasks pitch,key -o runs/compare",
-    "mert eval --model mertkit-tiny-music --tasks pitch,key --layers all --seeds 0 -q",
+    "mert eval --model mertkit-tiny-mel --tasks pitch,key --layers all --seeds 0 -q",
 ))
 @click.option("--model", "-m", "model_names", multiple=True,
               help="Registry name, hub id or checkpoint directory; repeat to compare models in one report. "
-                   "Default: the shipped model (mertkit-tiny-music).")
+                   "Default: the shipped model (mertkit-tiny-mel).")
 @click.option("--suite", type=click.Choice(["synth"]), default="synth", show_default=True, help="Benchmark suite.")
 @click.option("--suite-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A suite rendered by `mert bench-suite synth -o DIR` (used as it is, with its seed; missing tasks "

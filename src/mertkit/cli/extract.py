@@ -12,7 +12,7 @@ from mertkit.cli.options import (
 
 @click.command(epilog=examples(
     "mert extract songs/ --model MERT-v1-95M -o feats/",
-    "mert extract a.mp3 --model mertkit-tiny-music -o feats/ --layers 0,4 --pool mean",
+    "mert extract a.mp3 --model mertkit-tiny-mel -o feats/ --layers 0,3 --pool mean",
     "mert extract catalog/ --model MERT-v1-95M --store feats.parquet/ --pool mean",
 ))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))

@@ -105,7 +105,7 @@ def out_option(help: str, *, required: bool = True, default: Any = None,
 def model_option(*, required: bool = True, default: str | None = None, help: str | None = None) -> Callable[[F], F]:
     """-m/--model: a registry name (see mertkit.PRETRAINED), a hub id, or a checkpoint folder."""
     return click.option("-m", "--model", "model", required=required, default=default,
-                        help=help or "Registry name (e.g. MERT-v1-95M, mertkit-tiny-music), hub id, or checkpoint folder.")
+                        help=help or "Registry name (e.g. MERT-v1-95M, mertkit-tiny-mel), hub id, or checkpoint folder.")
 
 
 def device_option(help: str = "Where the model runs.") -> Callable[[F], F]:

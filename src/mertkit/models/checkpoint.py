@@ -309,11 +309,13 @@ def save_pretrained(
     *,
     formats: tuple[str, ...] = ("bin", "safetensors"),
     do_normalize: bool | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write config.json, preprocessor_config.json and the weights in the official layout.
 
     `bin` is `pytorch_model.bin` with the hub's legacy `weight_g/weight_v` names (exactly our
-    own names); `safetensors` is `model.safetensors` with the same names.
+    own names); `safetensors` is `model.safetensors` with the same names. `dtype` is how the
+    floating tensors are stored (float16 halves the files; loading always computes in float32).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -322,7 +324,7 @@ def save_pretrained(
     normalize = do_normalize if do_normalize is not None else (info.do_normalize if info else True)
     write_json(out / "config.json", config.to_dict())
     write_json(out / "preprocessor_config.json", preprocessor_config(config, normalize))
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    state = stored_state(model.state_dict(), dtype, keep_float32=getattr(model, "float32_tensors", ()))
     if "bin" in formats:
         atomic_write(out / "pytorch_model.bin", lambda handle: torch.save(state, handle))
     if "safetensors" in formats:
@@ -330,6 +332,28 @@ def save_pretrained(
 
         blob = save(state, metadata={"format": "pt"})
         atomic_write(out / "model.safetensors", lambda handle: handle.write(blob))
+    return out
+
+
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def stored_state(state: Mapping[str, Tensor], dtype: torch.dtype, keep_float32: Sequence[str] = ()) -> dict[str, Tensor]:
+    """The tensors as written: floating ones in `dtype` but those named in `keep_float32` (a value
+    float16 cannot hold is an error, never an inf in the file), the rest as they are."""
+    if dtype not in STORAGE_DTYPES.values():
+        raise CheckpointError(f"weights can be stored as {', '.join(STORAGE_DTYPES)}, not {dtype}")
+    out = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().to("cpu")
+        if name in keep_float32:
+            tensor = tensor.float()
+        elif tensor.is_floating_point():
+            limit = torch.finfo(dtype).max
+            if bool((tensor.float().abs() > limit).any()):
+                raise CheckpointError(f"{name}: values beyond {dtype}'s range ({limit:g}); store as float32")
+            tensor = tensor.to(dtype)
+        out[name] = tensor.contiguous()
     return out
 
 

@@ -1,6 +1,6 @@
 """The shipped offline model and example audio: the README's main job runs fully offline.
 
-The model is the one the package ships (registry name `mertkit-tiny-music`, files in
+The model is the one the package ships (registry name `mertkit-tiny-mel`, files in
 `mertkit/assets/model`) when present. Without it a small MERT-v1-layout checkpoint with
 RANDOM weights is built on the fly in the official file layout (cached under
 ~/.cache/mertkit): the pipeline is real, the numbers mean nothing.

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from mertkit.models.hubert.model import MertModel
 from mertkit.models.mert2.config import Mert2Config
 from mertkit.models.mert2.model import Mert2Model
@@ -67,6 +69,7 @@ def export_checkpoint(
     *,
     formats: tuple[str, ...] = ("bin", "safetensors"),
     do_normalize: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write the official layout; `do_normalize` False because MERT-v1 and v2 train on raw waveforms.
     config.json names the model after `out_dir` (`_name_or_path`, as the hub's files do), so a
@@ -76,4 +79,4 @@ def export_checkpoint(
 
     model.config.extra["_name_or_path"] = Path(out_dir).name
 
-    return save_pretrained(model, out_dir, formats=formats, do_normalize=do_normalize)
+    return save_pretrained(model, out_dir, formats=formats, do_normalize=do_normalize, dtype=dtype)

@@ -13,14 +13,6 @@ from mertkit.models.checkpoint import CheckpointError, check_weights
 from mertkit.models.mert2.config import Mert2Config
 from mertkit.models.mert2.model import Mert2Model
 
-FRONT_END_BUFFERS = (
-    "feature_extractor.mel_mean",
-    "feature_extractor.mel_std",
-    "feature_extractor.spectrogram.window",
-    "feature_extractor.mel_scale.fb",
-)
-
-
 def import_mert2(config: Mert2Config, state: dict[str, Tensor], *, source: str,
                  dtype: torch.dtype = torch.float32) -> Mert2Model:
     """A Mert2Model in eval mode holding exactly `state`, cast to `dtype` (buffers stay float32)."""
@@ -28,7 +20,7 @@ def import_mert2(config: Mert2Config, state: dict[str, Tensor], *, source: str,
         model = Mert2Model(config)  # shapes only: the checkpoint supplies every tensor
     # Names, shapes and finite values, every offending tensor named, before any memory is used.
     check_weights({name: tuple(t.shape) for name, t in model.state_dict().items()}, state, source=source)
-    for name in FRONT_END_BUFFERS:
+    for name in Mert2Model.float32_tensors:
         if state[name].dtype != torch.float32:
             raise CheckpointError(f"{source}: {name} is {state[name].dtype}; the front-end buffers must be float32")
     bad = sorted(k for k, v in state.items() if not v.is_floating_point())

@@ -344,6 +344,15 @@ class ConformerBlock(nn.Module):
 class Mert2Model(nn.Module):
     """MERT-v2 backbone returning the output of every Conformer block."""
 
+    # The front end's buffers: float32 in the official files whatever the weights' dtype (a
+    # log-mel mean in half precision would shift every band).
+    float32_tensors = (
+        "feature_extractor.mel_mean",
+        "feature_extractor.mel_std",
+        "feature_extractor.spectrogram.window",
+        "feature_extractor.mel_scale.fb",
+    )
+
     def __init__(self, config: Mert2Config):
         super().__init__()
         self.config = config
