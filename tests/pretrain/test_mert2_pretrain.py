@@ -13,7 +13,9 @@ import torch
 from click.testing import CliRunner
 
 import mertkit
+from mertkit.cli.app import main
 from mertkit.cli.labels import labels as labels_command
+from mertkit.models.checkpoint import read_state_dict
 from mertkit.models.mert2.model import Mert2Model
 from mertkit.pretrain.export import backbone_from_checkpoint, export_checkpoint
 from mertkit.pretrain.labels import LabelReader
@@ -111,9 +113,6 @@ def test_mert2_run_measures_mel_statistics_and_exports_exactly(corpus, tmp_path)
     assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states))
 
     # float16 storage (how the shipped model is stored): the front end's buffers stay float32
-    from mertkit.cli.app import main
-    from mertkit.models.checkpoint import read_state_dict
-
     result = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "hf16"),
                                        "--format", "safetensors", "--dtype", "float16"])
     assert result.exit_code == 0, result.output

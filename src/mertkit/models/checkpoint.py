@@ -343,14 +343,15 @@ def stored_state(state: Mapping[str, Tensor], dtype: torch.dtype, keep_float32: 
     float16 cannot hold is an error, never an inf in the file), the rest as they are."""
     if dtype not in STORAGE_DTYPES.values():
         raise CheckpointError(f"weights can be stored as {', '.join(STORAGE_DTYPES)}, not {dtype}")
+    narrowing = dtype != torch.float32
+    limit = torch.finfo(dtype).max
     out = {}
     for name, tensor in state.items():
         tensor = tensor.detach().to("cpu")
         if name in keep_float32:
             tensor = tensor.float()
         elif tensor.is_floating_point():
-            limit = torch.finfo(dtype).max
-            if bool((tensor.float().abs() > limit).any()):
+            if narrowing and bool((tensor.float().abs() > limit).any()):
                 raise CheckpointError(f"{name}: values beyond {dtype}'s range ({limit:g}); store as float32")
             tensor = tensor.to(dtype)
         out[name] = tensor.contiguous()
