@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from mertkit.cli.pretrain_diagnose import pretrain_diagnose
 from mertkit.pretrain.diagnostics import (
-    code_information, codebook_stats, gradient_shares, load_snapshot, mutual_information_bits, snapshot_paths,
+    PROBE_MAX_ITER, code_information, codebook_stats, gradient_shares, load_snapshot, logistic_accuracy,
+    mutual_information_bits, snapshot_paths,
 )
 from mertkit.pretrain.trainer import train
 from pretrain_fixtures import SR, tiny_config, write_labelled_corpus
@@ -23,6 +24,21 @@ def test_codebook_stats_match_hand_counts():
     first, second = codebook_stats([codes[:, :2], codes[:, 2:]], 4)
     assert (first.used, first.frames, first.perplexity, first.top_share) == (2, 4, pytest.approx(2.0), 0.5)
     assert (second.used, second.entropy_bits, second.perplexity) == (1, 0.0, 1.0)
+
+
+def test_logistic_probe_reports_a_fit_that_hit_the_iteration_cap_without_warning(recwarn, monkeypatch):
+    from mertkit.pretrain import diagnostics
+
+    rng = np.random.default_rng(0)
+    splits = {"train": np.arange(0, 60), "valid": np.arange(60, 80), "test": np.arange(80, 100)}
+    y = np.repeat([0, 1, 2, 3], 25)[rng.permutation(100)]
+    x = np.concatenate([np.eye(4)[y] * 3.0, rng.normal(0, 1, (100, 20))], axis=1) + rng.normal(0, 0.3, (100, 24))
+    valid, test, converged = logistic_accuracy(x, y, splits)
+    assert converged and valid > 0.9 and test > 0.9 and PROBE_MAX_ITER == 200
+    monkeypatch.setattr(diagnostics, "PROBE_MAX_ITER", 2)  # no lbfgs fit of this data converges in 2
+    *_, converged = logistic_accuracy(x, y, splits)
+    assert not converged
+    assert not [w for w in recwarn if type(w.message).__name__ == "ConvergenceWarning"]
 
 
 def test_mutual_information_bounds():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,18 +148,29 @@ def _split_indices(clips: Sequence[SuiteClip]) -> dict[str, np.ndarray]:
     return {s: np.array([i for i, c in enumerate(clips) if c.split == s], dtype=np.int64) for s in ("train", "valid", "test")}
 
 
-def logistic_accuracy(x: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray]) -> tuple[float, float]:
-    """(valid, test) accuracy of a standardised logistic regression fitted on the train split."""
+# The probe's iteration cap. Kept at 200 so curves stay comparable with earlier runs; a fit that
+# reaches it is reported in the result (`converged`), not as scikit-learn's multi-line warning.
+PROBE_MAX_ITER = 200
+
+
+def logistic_accuracy(x: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray]) -> tuple[float, float, bool]:
+    """(valid, test accuracy, converged) of a standardised logistic regression fitted on the
+    train split; `converged` is False when the fit stopped at PROBE_MAX_ITER iterations."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     train = splits["train"]
     if len(np.unique(y[train])) < 2:
-        return float("nan"), float("nan")
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200, C=1.0))
-    probe.fit(x[train], y[train])
-    return tuple(float((probe.predict(x[splits[s]]) == y[splits[s]]).mean()) for s in ("valid", "test"))
+        return float("nan"), float("nan"), True
+    regression = LogisticRegression(max_iter=PROBE_MAX_ITER, C=1.0)
+    probe = make_pipeline(StandardScaler(), regression)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(x[train], y[train])
+    valid, test = (float((probe.predict(x[splits[s]]) == y[splits[s]]).mean()) for s in ("valid", "test"))
+    return valid, test, bool(np.max(regression.n_iter_) < PROBE_MAX_ITER)
 
 
 def _majority_accuracy(y: np.ndarray, splits: dict[str, np.ndarray]) -> float:
@@ -337,9 +349,10 @@ def probe_states(pooled: np.ndarray, clips: Sequence[SuiteClip]) -> dict[str, An
     _, y = np.unique([c.label for c in clips], return_inverse=True)
     splits = _split_indices(clips)
     layers = [logistic_accuracy(pooled[:, i], y, splits) for i in range(pooled.shape[1])]
-    best = int(np.nanargmax([v for v, _ in layers]))
+    best = int(np.nanargmax([v for v, _, _ in layers]))
     return {"best_layer": best, "test_accuracy": layers[best][1], "valid_accuracy": layers[best][0],
-            "test_accuracy_per_layer": [t for _, t in layers]}
+            "test_accuracy_per_layer": [t for _, t, _ in layers],
+            "unconverged_layers": [i for i, (_, _, converged) in enumerate(layers) if not converged]}
 
 
 def probe_curve(run_dir: str | Path, suite_dir: str | Path, tasks: Sequence[str] | None = None,
@@ -359,7 +372,9 @@ def probe_curve(run_dir: str | Path, suite_dir: str | Path, tasks: Sequence[str]
                 cache.update(zip(missing, pooled_hidden_states(model.backbone, missing, cfg.sample_rate)))
             row[task] = probe_states(np.stack([cache[c.path] for c in clips[task]]), clips[task])
         if log is not None:
-            log(f"update {update}: " + ", ".join(f"{t} {row[t]['test_accuracy']:.3f}" for t in tasks))
+            capped = [f"{t} L{i}" for t in tasks for i in row[t]["unconverged_layers"]]
+            note = f" (probes stopped at {PROBE_MAX_ITER} iterations: {', '.join(capped)})" if capped else ""
+            log(f"update {update}: " + ", ".join(f"{t} {row[t]['test_accuracy']:.3f}" for t in tasks) + note)
         curve.append(row)
     return {"tasks": tasks, "points": curve}
 
