@@ -84,6 +84,7 @@ def test_code_information_sees_pitch_in_pitch_codes(tmp_path):
     informative, constant = report["pitch"]["codebooks"]
     assert informative["mi_bits"] == pytest.approx(2.0) and informative["mi_bits_shuffled"] < 1.0
     assert constant["mi_bits"] == pytest.approx(0.0)
+    assert informative["probe_converged"] is True
 
 
 @pytest.fixture

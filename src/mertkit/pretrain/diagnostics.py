@@ -210,11 +210,13 @@ def code_information(
             shuffled = rng.permutation(y)
             frame_shuffled = np.concatenate([np.full(c.shape[1], shuffled[i]) for i, c in enumerate(codes)])
             histogram = np.stack([np.bincount(c[k], minlength=codebook_size) / c.shape[1] for c in codes])
+            _, test, converged = logistic_accuracy(histogram, y, splits)
             rows.append({
                 "codebook": k,
                 "mi_bits": mutual_information_bits(frame_codes, frame_labels),
                 "mi_bits_shuffled": mutual_information_bits(frame_codes, frame_shuffled),
-                "probe_test_accuracy": logistic_accuracy(histogram, y, splits)[1],
+                "probe_test_accuracy": test,
+                "probe_converged": converged,
             })
         report[task] = {"classes": len(names), "label_entropy_bits": _entropy_bits(y),
                         "chance_accuracy": _majority_accuracy(y, splits), "codebooks": rows}
