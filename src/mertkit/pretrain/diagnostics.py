@@ -149,7 +149,8 @@ def _split_indices(clips: Sequence[SuiteClip]) -> dict[str, np.ndarray]:
 
 
 # The probe's iteration cap. Kept at 200 so curves stay comparable with earlier runs; a fit that
-# reaches it is reported in the result (`converged`), not as scikit-learn's multi-line warning.
+# reaches it is reported in the results (`unconverged_layers`, `probe_converged`), not as
+# scikit-learn's multi-line warning.
 PROBE_MAX_ITER = 200
 
 
