@@ -38,17 +38,36 @@ def test_timestamp_embeddings_shapes_and_times(model):
     audio = _audio(3, 2.5, 16000)
     embeddings, stamps = hear.get_timestamp_embeddings(audio, model)
     config = model.model.config
-    # 1 s windows: two full windows and a 0.5 s tail, each with its own frames
-    frames = 2 * config.num_frames(16000) + config.num_frames(8000)
+    # 1 s windows hop a whole number of frames, so the frames are those of one pass over 2.5 s
+    frames = config.num_frames(40000)
     assert embeddings.shape == (3, frames, 32) and stamps.shape == (3, frames)
     assert embeddings.dtype == torch.float32 and stamps.dtype == torch.float32
     hop, centre = config.hop_length, config.receptive_field / 2
-    first = (np.arange(config.num_frames(16000)) * hop + centre) / 16000 * 1000
-    np.testing.assert_allclose(stamps[0, : len(first)].numpy(), first, rtol=1e-6)
-    second_start = 16000 + centre
-    assert stamps[0, len(first)].item() == pytest.approx(second_start / 16000 * 1000, rel=1e-6)
-    assert torch.all(stamps[:, 1:] > stamps[:, :-1]) and torch.equal(stamps[0], stamps[2])
-    assert stamps.max().item() < 2500
+    expected = (np.arange(frames) * hop + centre) / 16000 * 1000
+    np.testing.assert_allclose(stamps[0].numpy(), expected, rtol=1e-6)
+    assert torch.equal(stamps[0], stamps[2]) and stamps.max().item() < 2500
+
+
+def test_seamless_hop_keeps_the_frame_a_plain_hop_drops(ckpt):
+    from mertkit.extraction.engine import seamless_hop
+    from mertkit.models.family import contract_of
+
+    seamless = hear.load_model(str(ckpt), device="cpu", window=1.0)
+    plain = hear.load_model(str(ckpt), device="cpu", window=1.0, hop=1.0)
+    config = seamless.model.config
+    assert seamless.options.hop == seamless_hop(contract_of(seamless.model), 1.0)
+    assert seamless.options.hop * 16000 == config.num_frames(16000) * config.hop_length < 16000
+    audio = _audio(1, 2.5, 16000, seed=2)
+    _, even = hear.get_timestamp_embeddings(audio, seamless)
+    _, gapped = hear.get_timestamp_embeddings(audio, plain)
+    frame_ms = config.hop_length / 16000 * 1000
+    np.testing.assert_allclose(np.diff(even[0].numpy()), frame_ms, rtol=1e-5)
+    steps = np.diff(gapped[0].numpy())
+    assert gapped.shape[1] == even.shape[1] - 2 and np.isclose(steps, 2 * frame_ms, rtol=1e-5).sum() == 2
+    # each window's own frames are untouched: the first window's frames agree in both
+    first, _ = hear.get_timestamp_embeddings(audio[:, :16000], seamless)
+    emb_even, _ = hear.get_timestamp_embeddings(audio, seamless)
+    np.testing.assert_allclose(emb_even[0, : first.shape[1]].numpy(), first[0].numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_batch_equals_single_and_scene_is_time_mean(model):

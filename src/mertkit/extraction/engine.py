@@ -44,7 +44,7 @@ import torch
 from mertkit.audio import AudioError, check_waveform, normalize_waveform
 from mertkit.extraction import budget
 from mertkit.extraction.allocator import keep_freed_memory
-from mertkit.models.family import FamilyModel, contract_of
+from mertkit.models.family import FamilyModel, InputContract, contract_of
 from mertkit.models.kernels import (  # noqa: F401 - DTYPES re-exported
     DTYPE_CHOICES, DTYPES, cpu_capabilities, dtype_name, resolve_dtype,
 )
@@ -144,6 +144,22 @@ def window_plan(num_samples: int, sample_rate: int, window: float, hop: float | 
         if end >= num_samples:
             return plan
         start += step
+
+
+def seamless_hop(contract: InputContract, window: float) -> float:
+    """The hop (seconds) that puts one window's first frame one frame period after the previous
+    window's last, so stitched frames form one even grid. A window of W samples has
+    num_frames(W) frames; a plain hop of W leaves a gap of a frame at each seam whenever W is
+    longer than num_frames(W) frame hops, as it is for every conv front end (5 s at 24 kHz:
+    374 frames, 374 * 320 = 119 680 < 120 000 samples; the 375th frame would straddle the
+    seam). Hopping num_frames(W) * samples_per_frame instead overlaps the windows by the rest
+    (320 samples here), and the stitching rule keeps every frame once:
+
+        window k     [f0 f1 ... f373]
+        window k+1                   [f0 f1 ...      (starts 374 * 320 samples after window k)
+    """
+    size, _ = _window_sizes(contract.sample_rate, window, None, contract.min_input_samples)
+    return contract.num_frames(size) * contract.samples_per_frame / contract.sample_rate
 
 
 class Windower:
