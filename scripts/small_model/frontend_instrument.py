@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from frontend_pitch import make_optimiser, supervised_step  # this folder's supervised check of pitch
+from frontend_pitch import add_training_options, make_optimiser, supervised_step  # this folder's supervised check of pitch
 from mertkit.eval.baselines import load_segment
 from mertkit.eval.datasets import encode_labels
 from mertkit.eval.suite_runner import load_suite_tasks
@@ -88,12 +88,7 @@ def train(preset: str, data: dict, updates: int, lr: float, batch: int, seed: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", type=Path, help="a suite folder with an instrument task")
-    parser.add_argument("--preset", action="append", help="Pre-training preset (repeatable) [tiny-wide]; tiny-mel: MERT-v2 layout.")
-    parser.add_argument("--updates", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    add_training_options(parser, "tiny-wide; tiny-mel: MERT-v2 layout", updates=300, batch=16, threads=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     presets = args.preset or ["tiny-wide"]

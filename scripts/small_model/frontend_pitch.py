@@ -103,15 +103,21 @@ def train(preset: str, updates: int, lr: float, batch: int, seconds: float, seed
                   f"loss {loss.item():.3f}  {(time.time() - start) / update:.2f} s/update", flush=True)
 
 
+def add_training_options(parser: argparse.ArgumentParser, presets: str, *, updates: int, batch: int,
+                         threads: int) -> None:
+    """The options both supervised checks of this folder share (`presets`: the default's help)."""
+    parser.add_argument("--preset", action="append", help=f"Pre-training preset (repeatable) [{presets}].")
+    parser.add_argument("--updates", type=int, default=updates)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", action="append", help="Pre-training preset (repeatable) [tiny, tiny-wide].")
-    parser.add_argument("--updates", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--batch", type=int, default=8)
+    add_training_options(parser, "tiny, tiny-wide", updates=100, batch=8, threads=1)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for preset in args.preset or ["tiny", "tiny-wide"]:
