@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The shipped model, `mertkit-tiny-mel` (session 13), from nothing: every step is seeded. Run
+# The shipped model, `mertkit-tiny-mel` (session 15), from nothing: every step is seeded. Run
 # from an empty folder with mertkit installed. On the 2-core CPU: corpus and labels about 3 min;
-# pre-training 10 000 updates (two threads: 78 min at 2.1 updates/s on a fast Xeon, about 2 h at
-# 1.35 updates/s on a slower one); evaluation about 10 min (bench-suite and eval) plus 15 min
+# pre-training 10 000 updates (two threads: 96 min at 1.74 updates/s on an AVX-512 Xeon, about
+# 2 h at 1.35 updates/s on a slower one); evaluation about 10 min (bench-suite and eval) plus 15 min
 # (pretrain-diagnose).
 #
 #   bash scripts/small_model/retrain.sh [MODEL_OUT]     # MODEL_OUT defaults to ./mertkit-tiny-mel
@@ -20,17 +20,16 @@ mert labels corpus_gm -o labels_gm25 --teacher kmeans --features logmel_chroma -
 #    to 25 Hz, 4 Conformer blocks x 256); the k-means codes (CE x 0.1) and, on the CQT head, the
 #    log-standardised CQT with four targets derived from the audio: each octave's onset flux
 #    (x 0.3), the chroma (x 0.5), the log CQT's cepstrum (x 1.0) and the texture, local statistics
-#    of a full-band log-mel cepstrum (x 0.3); all on masked and unmasked frames; no in-batch
+#    of a full-band log-mel cepstrum (x 1.0); all on masked and unmasked frames; no in-batch
 #    mixture (it costs pitch early: scripts/small_model/README.md, session 12); bf16 autocast;
 #    batches of 8 x 5 s; lr warmed up over 300 updates and decayed linearly to 0 at 10 000.
-#    (The shipped run ran updates 0-200 with total_updates=18000 and 200-400 with 15000, each
-#    resumed from its checkpoint, then 400-10 000 with 10 000: the same warm-up, and updates
-#    300-400 at a learning rate at most 0.4 % higher than this schedule's.)
+#    (The shipped run stopped at update 2056 and was resumed from its checkpoint of update 2000
+#    with `--resume` and the same `--set`s.)
 mert pretrain --config tiny-mel --audio corpus_gm --labels labels_gm25 --out run \
   --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8 \
   --set warmup_updates=300 --set unmasked_weight=1.0 --set ce_weight=0.1 \
   --set cqt_target=log_standardised --set flux_weight=0.3 --set chroma_weight=0.5 --set timbre_weight=1.0 \
-  --set mixture_prob=0 --set texture_weight=0.3 \
+  --set mixture_prob=0 --set texture_weight=1.0 \
   --set 'snapshot_fractions=[0,0.02,0.04,0.08,0.16,0.24,0.36,0.48,0.64,0.8,1.0]' --set log_interval=20 --set ckpt_interval=100 \
   --set total_updates=10000
 # 4. export to the official layout (weights stored as float16: 15 MB; they load as float32), with
