@@ -1,6 +1,7 @@
 """Probes on synthetic frozen features: separable tasks are learnt, layer weights find the
 informative layer, seeds reproduce, and every task kind trains end to end."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from mertkit.eval.datasets import TaskSpec
 from mertkit.eval.features import beat_targets, from_arrays
-from mertkit.eval.probes import ProbeConfig, ProbeError, pick_peaks, run_probe
+from mertkit.eval.probes import ProbeConfig, ProbeError, paired_difference, pick_peaks, run_probe
 
 torch.set_num_threads(1)
 FAST = dict(lrs=(1e-2,), max_epochs=40, patience=10, batch_size=None, seeds=(0,))
@@ -62,6 +63,35 @@ def test_layer_sweep_picks_informative_layer():
     assert result.best_layer == 1
     assert result.score == result.per_layer[1].score
     json.dumps(result.to_dict())  # JSON-serialisable
+
+
+def test_paired_difference_on_the_same_clips():
+    data = clip_data(np.random.default_rng(5), layers=3, informative=1, n=(90, 45, 60))
+    task = TaskSpec("toy", "multiclass", 3)
+    cfg = ProbeConfig(**{**FAST, "seeds": (0, 1)})
+    informative, noise = (run_probe(task, data, replace(cfg, layer=k)) for k in (1, 0))
+    pair = paired_difference(informative, noise)
+    assert pair.n_test == 60
+    assert pair.difference == pytest.approx(informative.score - noise.score)
+    assert 0 < pair.interval[0] <= pair.difference <= pair.interval[1]
+    assert pair.verdict == "ahead" and paired_difference(noise, informative).verdict == "behind"
+    itself = paired_difference(noise, noise)  # everything cancels: no gap, no spread
+    assert itself.difference == 0 and itself.interval == (0.0, 0.0) and itself.verdict == "within noise"
+    # a close pair: the interval straddles 0 although one mean is higher
+    other = run_probe(task, data, replace(cfg, layer=2))
+    close = paired_difference(noise, other)
+    assert close.interval[0] < 0 < close.interval[1] and close.verdict == "within noise"
+
+
+def test_paired_difference_refuses_other_clips_and_results_without_predictions():
+    task = TaskSpec("toy", "multiclass", 3)
+    cfg = ProbeConfig(layer=1, **FAST)
+    a = run_probe(task, clip_data(np.random.default_rng(6), layers=2, informative=1), cfg)
+    shorter = run_probe(task, clip_data(np.random.default_rng(6), layers=2, informative=1, n=(90, 45, 44)), cfg)
+    with pytest.raises(ProbeError, match="different clips"):
+        paired_difference(a, shorter)
+    with pytest.raises(ProbeError, match="test predictions"):
+        paired_difference(a, replace(a, _items=None))
 
 
 def test_same_seed_same_result_and_std_over_seeds():

@@ -207,6 +207,15 @@ def test_probe_puts_the_classic_baselines_beside_the_model(tmp_path):
     assert chroma_row["test_mean"]["accuracy"] == pytest.approx(direct.score)
     table = (tmp_path / "out" / "results.md").read_text()
     assert f"| pitch_class | chroma stats | linear | stats | accuracy | {100 * direct.score:.1f}" in table
+    # the model row paired with each baseline on the same test clips
+    model_score = payload["results"][0]["test_mean"]["accuracy"]
+    paired = {row["against"]: row for row in payload["paired"]}
+    assert sorted(paired) == ["MFCC stats", "chroma stats"]
+    chroma_pair = paired["chroma stats"]
+    assert chroma_pair["difference"] == pytest.approx(model_score - direct.score)
+    low, high = chroma_pair["interval"]
+    assert chroma_pair["verdict"] == ("ahead" if low > 0 else "behind" if high < 0 else "within noise")
+    assert f"| pitch_class | noise, layer all (best " in table and f"| chroma stats | {100 * chroma_pair['difference']:+.1f} |" in table
 
     beat = json.dumps({"name": "beat", "kind": "beat", "labels": []})
     frame_level = CliRunner().invoke(probe, args[:3] + [beat, "--manifest", str(folder / "manifest.csv")] + args[4:-2]

@@ -111,6 +111,25 @@ def test_summary_table_matches_the_json(run):
     assert any("onset: log-mel spectral flux" in note and "75 frames/s" in note for note in result.notes)
 
 
+def test_best_layer_is_paired_with_every_baseline_on_the_same_clips(run):
+    root, _, result = run
+    payload = json.loads((root / "out" / "first" / "results.json").read_text())
+    titles = {"mfcc": "MFCC stats", "chroma": "chroma stats", "logmel": "log-mel stats", "onset": "onset strength (probe)",
+              "onset peaks": "onset peaks (no probe)"}
+    model = {r["task"]: r["test_mean"][r["metric"]] for r in payload["results"] if r["kind"] == "model" and r["setting"] == "all"}
+    baselines = {(r["task"], titles[r["source"]]): r["test_mean"][r["metric"]]
+                 for r in payload["results"] if r["kind"] == "baseline"}
+    assert {(row["task"], row["against"]) for row in payload["paired"]} == set(baselines)
+    section = (root / "out" / "first" / "results.md").read_text().split("## Paired on the same test clips")[1]
+    section = section.split("## Detail")[0]
+    for row in payload["paired"]:
+        assert row["difference"] == pytest.approx(model[row["task"]] - baselines[(row["task"], row["against"])], abs=1e-9)
+        low, high = row["interval"]
+        assert row["n_test"] == 2 and low <= row["difference"] <= high
+        assert row["verdict"] == ("ahead" if low > 0 else "behind" if high < 0 else "within noise")
+        assert f"| {row['task']} | tiny-mert | {row['against']} | {100 * row['difference']:+.1f} |" in section
+
+
 def test_cached_model_features_are_mean_pooled_hidden_states(run):
     root, model_dir, result = run
     folder = root / "suite" / "pitch"
@@ -371,6 +390,9 @@ def test_bench_suite_then_eval_suite_dir_two_models(tmp_path):
     rows = {(r["source"], r["kind"], r["setting"]) for r in payload["results"]}
     for name in ("model-a", "model-b"):
         assert {(name, "model", "all"), (f"{name} random init", "random_init", "all")} <= rows
+    # each model is paired with its own random init (and the baselines), never with the other's
+    assert {(row["model"], row["against"]) for row in payload["paired"] if "random init" in row["against"]} == {
+        ("model-a", "model-a random init"), ("model-b", "model-b random init")}
     pooled = next(r for r in payload["results"] if r["source"] == "model-a random init" and r["setting"] == "all")
     assert [run_["seed"] for run_ in pooled["runs"]] == [0] and len(pooled["test_ci"]) == 2 and pooled["n_test"] == 2
     confusion = _strict_json(run / "confusion" / "pitch_class.json")

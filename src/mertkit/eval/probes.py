@@ -337,6 +337,42 @@ def pool_results(results: list[ProbeResult]) -> ProbeResult:
                    ci_note="" if interval is not None else first.ci_note or "metric undefined on most bootstrap resamples")
 
 
+@dataclass(frozen=True)
+class PairedDifference:
+    """How far one result is ahead of another on the same test clips (×1, the task's primary
+    metric): the difference of their test scores (each averaged over its seeds) and its 95 %
+    paired bootstrap interval: every resample scores both on the same clips, so what the two
+    get right or wrong together cancels, and the interval is the one a claim "A beats B" needs.
+    """
+
+    difference: float
+    interval: tuple[float, float] | None
+    n_test: int
+
+    @property
+    def verdict(self) -> str:
+        if self.interval is None:
+            return "no interval"
+        low, high = self.interval
+        return "ahead" if low > 0 else "behind" if high < 0 else "within noise"
+
+
+def paired_difference(a: ProbeResult, b: ProbeResult) -> PairedDifference:
+    """``a`` minus ``b`` (see :class:`PairedDifference`); both must hold their test predictions
+    (results of this process, not read back from JSON) on the same test clips."""
+    if not a._items or not b._items:
+        raise ProbeError("a paired difference needs both results' test predictions (results of this run)")
+    if a._items[0].ids != b._items[0].ids:
+        raise ProbeError(f"task {a.task!r}: the two results were tested on different clips; no paired difference")
+    count = a._items[0].count
+
+    def gap(index: np.ndarray) -> float:
+        return float(np.mean([item.score(index) for item in a._items]) - np.mean([item.score(index) for item in b._items]))
+
+    interval = metrics.bootstrap_ci(gap, count, resamples=a.ci_resamples or metrics.BOOTSTRAP_RESAMPLES)
+    return PairedDifference(gap(np.arange(count)), interval, count)
+
+
 @dataclass
 class _TestItems:
     """What a trained probe predicted on the test split, to score any subset of the items."""
@@ -345,6 +381,7 @@ class _TestItems:
     score: Callable[[np.ndarray], float]
     truth: np.ndarray | None = None
     predicted: np.ndarray | None = None
+    ids: tuple[str, ...] = ()  # the test clips, in order: pairs are compared only on the same ones
 
 
 @torch.no_grad()
@@ -353,22 +390,23 @@ def _test_items(model: Probe, split: _Prepared, task: TaskSpec, data: FeatureSpl
     model.eval()
     outputs = model(split.x)
     truth = split.source.y
-    count = len(truth)
+    count, ids = len(truth), tuple(split.source.ids)
     if task.kind == "multiclass":
         predicted = outputs.argmax(-1).numpy()
         correct = (predicted == truth).astype(np.float64)
-        return _TestItems(count, lambda index: float(correct[index].mean()), truth, predicted)
+        return _TestItems(count, lambda index: float(correct[index].mean()), truth, predicted, ids=ids)
     if task.kind == "frame":
         predicted = outputs.argmax(-1).numpy()
-        return _TestItems(count, lambda index: metrics.frame_accuracy(truth[index], predicted[index]))
+        return _TestItems(count, lambda index: metrics.frame_accuracy(truth[index], predicted[index]), ids=ids)
     if task.kind == "multilabel":
         scores = torch.sigmoid(outputs).numpy()
-        return _TestItems(count, lambda index: metrics.roc_auc_macro(truth[index], scores[index], ignore_degenerate=True))
+        return _TestItems(count, lambda index: metrics.roc_auc_macro(truth[index], scores[index], ignore_degenerate=True),
+                          ids=ids)
     if task.kind == "regression":
         predicted = scaler.inverse(outputs.numpy())
-        return _TestItems(count, lambda index: metrics.r2_mean(truth[index], predicted[index]))
+        return _TestItems(count, lambda index: metrics.r2_mean(truth[index], predicted[index]), ids=ids)
     per_track = np.array(_beat_scores(torch.sigmoid(outputs.squeeze(-1)).numpy(), split.source, data, cfg))
-    return _TestItems(count, lambda index: float(per_track[index].mean()))
+    return _TestItems(count, lambda index: float(per_track[index].mean()), ids=ids)
 
 
 def _train_seed(
@@ -510,7 +548,8 @@ def peak_picking_result(task: TaskSpec, data: FeatureSplits, cfg: ProbeConfig,
         runs=[SeedRun(seed=0, lr=math.nan, valid_score=valid[best], test_scores=test, epochs=0)],
         valid_by_lr={},
     )
-    return _with_uncertainty(task, [_TestItems(len(per_track), lambda index: float(per_track[index].mean()))], result)
+    items = _TestItems(len(per_track), lambda index: float(per_track[index].mean()), ids=tuple(data.test.ids))
+    return _with_uncertainty(task, [items], result)
 
 
 def _unit_range(split: SplitData) -> np.ndarray:

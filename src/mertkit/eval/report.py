@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mertkit.eval.probes import ProbeResult
+from mertkit.eval.probes import ProbeResult, paired_difference
 
 PLOT_FLOOR = -100.0  # lowest score ×100 drawn (R² can be far below 0)
 
@@ -61,11 +61,12 @@ Baselines = dict[str, Sequence[ProbeResult]]  # {title: its results}, probed lik
 def results_to_json(results: Sequence[ProbeResult], path: str | Path, model: str = "",
                     baselines: Baselines | None = None) -> Path:
     """Write ``{"model": ..., "results": [ProbeResult.to_dict(), ...]}`` (strict JSON), with
-    ``"baselines": {title: [...]}`` when there are any."""
+    ``"baselines": {title: [...]}`` and ``"paired"`` (:func:`baseline_pairs`) when there are any."""
     path = Path(path)
     payload: dict[str, Any] = {"model": model, "results": [result.to_dict() for result in results]}
     if baselines:
         payload["baselines"] = {title: [result.to_dict() for result in rows] for title, rows in baselines.items()}
+        payload["paired"] = baseline_pairs(results, model, baselines)
     path.write_text(json_text(payload))
     return path
 
@@ -84,11 +85,44 @@ def markdown_table(results: Sequence[ProbeResult], model: str = "", baselines: B
     return "\n".join(lines) + "\n"
 
 
+def paired_row(model: str, result: ProbeResult, against: str, other: ProbeResult) -> dict[str, Any]:
+    """``result`` (a row of ``model``) minus ``other`` (the row titled ``against``) on the same
+    test clips, with its paired bootstrap interval and verdict (:func:`paired_difference`)."""
+    pair = paired_difference(result, other)
+    return {"task": result.task, "model": model, "against": against, "metric": result.metric,
+            "difference": pair.difference, "interval": None if pair.interval is None else list(pair.interval),
+            "n_test": pair.n_test, "verdict": pair.verdict}
+
+
+def paired_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown section of :func:`paired_row` rows (×100); empty without rows."""
+    if not rows:
+        return ""
+    lines = ["", "## Paired on the same test clips: each row minus each floor row", "",
+             "Difference of test scores ×100 (means over seeds), its 95 % paired bootstrap interval over the "
+             "test clips (each resample scores both rows on the same clips); ahead / behind: "
+             "the interval excludes 0.", "",
+             "| task | model | against | difference | interval | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        interval = "-" if row["interval"] is None else f"[{100 * row['interval'][0]:+.1f}, {100 * row['interval'][1]:+.1f}]"
+        lines.append(f"| {row['task']} | {row['model']} | {row['against']} | {100 * row['difference']:+.1f} | "
+                     f"{interval} | {row['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_markdown(results: Sequence[ProbeResult], path: str | Path, model: str = "",
                    baselines: Baselines | None = None) -> Path:
     path = Path(path)
-    path.write_text(markdown_table(results, model, baselines))
+    path.write_text(markdown_table(results, model, baselines) + paired_table(baseline_pairs(results, model, baselines)))
     return path
+
+
+def baseline_pairs(results: Sequence[ProbeResult], model: str = "", baselines: Baselines | None = None
+                   ) -> list[dict[str, Any]]:
+    """Each model row (per layer setting) against each baseline row of its task, paired."""
+    return [paired_row(f"{model or 'model'}, layer {_layer_label(result)}", result, title, other)
+            for result in results for title, rows in (baselines or {}).items() for other in rows
+            if other.task == result.task]
 
 
 def plot_layers(results: Sequence[ProbeResult], path: str | Path, model: str = "",

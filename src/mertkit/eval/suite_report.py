@@ -5,8 +5,10 @@
 * ``results.md``: a task x row summary (each model's best layer and other settings, its
   random-init row, the baselines where they apply (MFCC, chroma, log-mel on clip tasks; onset
   strength, probed and peak-picked, on beat), the no-audio floor): mean ± std over seeds (``n=1`` for one
-  seed), the 95 % bootstrap interval over test clips in brackets, the chosen layer; then the
-  per-layer tables.
+  seed), the 95 % bootstrap interval over test clips in brackets, the chosen layer; then each
+  model's best layer against its random init and each baseline, paired on the same test clips
+  (the difference, its 95 % paired bootstrap interval and a verdict: ahead, behind or within
+  noise; also under ``paired`` in ``results.json``); then the per-layer tables.
 * ``layers.png``: per task, each model's score per layer with its interval band and its chosen
   layer starred; random init, the baselines and the floor as horizontal lines.
 * ``heatmap.png``: task x layer, one panel per model (and its random init), colour scaled
@@ -35,6 +37,8 @@ from mertkit.eval.report import (
     format_score,
     json_text,
     markdown_table,
+    paired_row,
+    paired_table,
     panel_grid,
     plot_confusion,
     plot_layer_weights,
@@ -52,13 +56,14 @@ def write_suite_report(entries: Sequence[Any], floors: dict[str, float], context
     """Write the report files (see the module docstring) into ``out_dir``; (paths, summary table)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     reasons = {**NO_PROBE_REASONS, **{f"floors.{task}": reason for task, reason in FLOOR_REASONS.items()}}
-    payload = {**context, "floors": floors, "results": [entry.to_dict() for entry in entries]}
+    paired = paired_rows(entries)
+    payload = {**context, "floors": floors, "results": [entry.to_dict() for entry in entries], "paired": paired}
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md"}
     paths["json"].write_text(json_text(payload, reasons))
     table = summary_table(entries, floors, context)
     details = [f"### {title}\n\n" + markdown_table([e.result for e in entries if _title(e) == title], title)
                for title in dict.fromkeys(_title(e) for e in entries)]
-    paths["markdown"].write_text(table + "\n## Detail (every layer)\n\n" + "\n".join(details))
+    paths["markdown"].write_text(table + paired_table(paired) + "\n## Detail (every layer)\n\n" + "\n".join(details))
     paths["plot"] = plot_suite(entries, floors, context, out_dir / "layers.png")
     heat = plot_heatmap(entries, out_dir / "heatmap.png")
     if heat is not None:
@@ -112,6 +117,20 @@ def summary_table(entries: Sequence[Any], floors: dict[str, float], context: dic
     for task, metric in context.get("not_run", {}).items():
         lines.append(f"| {task} | {metric} | " + " | ".join("not run (see note)" for _ in columns) + " | - |")
     return "\n".join(lines) + "\n"
+
+
+def paired_rows(entries: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each model's best-layer row against its own random init's best layer and every baseline
+    row of the same task, paired on the same test clips (:func:`mertkit.eval.report.paired_row`)."""
+    rows = []
+    for model in (e for e in entries if e.kind == "model" and e.setting == "all"):
+        for other in entries:
+            if other.task != model.task or other.kind == "model":
+                continue
+            if other.kind == "random_init" and (other.source != f"{model.source} random init" or other.setting != "all"):
+                continue
+            rows.append(paired_row(model.source, model.result, _title(other), other.result))
+    return rows
 
 
 def _column_title(column: tuple[str, str, str]) -> str:
