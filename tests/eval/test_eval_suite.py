@@ -292,6 +292,10 @@ def test_cli_default_model_says_random_and_prints_the_table(run, tmp_path, monke
     assert re.search(r"^\| beat \| beat_f \| not run", result.stdout, re.MULTILINE)
     assert (tmp_path / "out" / "cli" / "layers.png").is_file()
     assert "(n=1)" in result.stdout and "± 0.0" not in result.stdout  # one seed: no fake spread
+    # the paired verdicts follow the table: pitch against each clip baseline (no random init asked)
+    paired = result.stdout.split("## Paired on the same test clips")[1]
+    for title in ("MFCC stats", "chroma stats", "log-mel stats"):
+        assert re.search(rf"^\| pitch \| \S+ \| {title} \| [+-][0-9.]+ \| \[", paired, re.MULTILINE), title
     bad = CliRunner().invoke(evaluate, args[:-1] + ["--layers", "best"])
     assert bad.exit_code != 0 and "--layers" in bad.stderr
 

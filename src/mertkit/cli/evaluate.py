@@ -118,7 +118,7 @@ def evaluate(ctx: click.Context, model_names: tuple[str, ...], suite: str, suite
     for kind, path in run.paths.items():
         click.echo(f"{kind}: {path}", err=True)
     click.echo(f"done in {time.perf_counter() - started:.0f} s", err=True)
-    click.echo(run.table)
+    click.echo(run.table + run.paired)
 
 
 def _quick(ctx: click.Context, name: str, value: object) -> object:

@@ -52,8 +52,9 @@ NO_PROBE_REASONS = {"best_lr": "no probe trained (peak picking)", "lr": "no prob
 
 
 def write_suite_report(entries: Sequence[Any], floors: dict[str, float], context: dict[str, Any],
-                       out_dir: Path) -> tuple[dict[str, Path], str]:
-    """Write the report files (see the module docstring) into ``out_dir``; (paths, summary table)."""
+                       out_dir: Path) -> tuple[dict[str, Path], str, str]:
+    """Write the report files (see the module docstring) into ``out_dir``; (paths, summary
+    table, paired section)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     reasons = {**NO_PROBE_REASONS, **{f"floors.{task}": reason for task, reason in FLOOR_REASONS.items()}}
     paired = paired_rows(entries)
@@ -63,7 +64,8 @@ def write_suite_report(entries: Sequence[Any], floors: dict[str, float], context
     table = summary_table(entries, floors, context)
     details = [f"### {title}\n\n" + markdown_table([e.result for e in entries if _title(e) == title], title)
                for title in dict.fromkeys(_title(e) for e in entries)]
-    paths["markdown"].write_text(table + paired_table(paired) + "\n## Detail (every layer)\n\n" + "\n".join(details))
+    paired_text = paired_table(paired)
+    paths["markdown"].write_text(table + paired_text + "\n## Detail (every layer)\n\n" + "\n".join(details))
     paths["plot"] = plot_suite(entries, floors, context, out_dir / "layers.png")
     heat = plot_heatmap(entries, out_dir / "heatmap.png")
     if heat is not None:
@@ -74,7 +76,7 @@ def write_suite_report(entries: Sequence[Any], floors: dict[str, float], context
         paths["weights"] = plot_layer_weights(weights, out_dir / "weights.png",
                                               f"{_first_model(entries)}: learned layer weights of the weighted probe")
     paths.update(write_confusions(entries, context, out_dir / "confusion"))
-    return paths, table
+    return paths, table, paired_text
 
 
 def _first_model(entries: Sequence[Any]) -> str:

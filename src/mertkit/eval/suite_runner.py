@@ -193,6 +193,7 @@ class SuiteRun:
     seconds: float
     notes: list[str] = field(default_factory=list)
     models: list[ModelInfo] = field(default_factory=list)
+    paired: str = ""  # the report's paired section (markdown): each model's best layer against its floors
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -268,8 +269,8 @@ def run_suite(
     notes = _notes(infos, suite_tasks, wanted, settings, random_init, baselines, frame_rate)
     seconds = time.perf_counter() - started
     context = _report_context(infos, suite_tasks, wanted, settings, baselines, window, seconds, notes, random_init)
-    paths, table = write_suite_report(entries, floors, context, run_dir)
-    return SuiteRun(infos[0], entries, floors, table, paths, seconds, notes, infos)
+    paths, table, paired = write_suite_report(entries, floors, context, run_dir)
+    return SuiteRun(infos[0], entries, floors, table, paths, seconds, notes, infos, paired)
 
 
 def _run_folder(out_dir: Path, run_name: str | None, overwrite: bool) -> Path:
