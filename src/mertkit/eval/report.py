@@ -59,14 +59,14 @@ Baselines = dict[str, Sequence[ProbeResult]]  # {title: its results}, probed lik
 
 
 def results_to_json(results: Sequence[ProbeResult], path: str | Path, model: str = "",
-                    baselines: Baselines | None = None) -> Path:
+                    baselines: Baselines | None = None, paired: Sequence[dict[str, Any]] = ()) -> Path:
     """Write ``{"model": ..., "results": [ProbeResult.to_dict(), ...]}`` (strict JSON), with
     ``"baselines": {title: [...]}`` and ``"paired"`` (:func:`baseline_pairs`) when there are any."""
     path = Path(path)
     payload: dict[str, Any] = {"model": model, "results": [result.to_dict() for result in results]}
     if baselines:
         payload["baselines"] = {title: [result.to_dict() for result in rows] for title, rows in baselines.items()}
-        payload["paired"] = baseline_pairs(results, model, baselines)
+        payload["paired"] = list(paired)
     path.write_text(json_text(payload))
     return path
 
@@ -111,9 +111,9 @@ def paired_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_markdown(results: Sequence[ProbeResult], path: str | Path, model: str = "",
-                   baselines: Baselines | None = None) -> Path:
+                   baselines: Baselines | None = None, paired: Sequence[dict[str, Any]] = ()) -> Path:
     path = Path(path)
-    path.write_text(markdown_table(results, model, baselines) + paired_table(baseline_pairs(results, model, baselines)))
+    path.write_text(markdown_table(results, model, baselines) + paired_table(paired))
     return path
 
 
@@ -294,9 +294,10 @@ def write_report(results: Sequence[ProbeResult], out_dir: str | Path, model: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = {title: {result.task: result.score for result in rows} for title, rows in (baselines or {}).items()}
+    paired = baseline_pairs(results, model, baselines)
     paths = {
-        "json": results_to_json(results, out_dir / "results.json", model, baselines),
-        "markdown": write_markdown(results, out_dir / "results.md", model, baselines),
+        "json": results_to_json(results, out_dir / "results.json", model, baselines, paired),
+        "markdown": write_markdown(results, out_dir / "results.md", model, baselines, paired),
         "plot": plot_layers(results, out_dir / "layers.png", model, lines),
     }
     for result in results:
