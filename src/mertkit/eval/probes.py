@@ -291,7 +291,7 @@ def _with_uncertainty(task: TaskSpec, items: list[_TestItems], result: ProbeResu
     """``result`` with its bootstrap interval over test items and (multiclass) confusion matrix."""
     count = items[0].count
     resamples = 200 if task.kind == "multilabel" else metrics.BOOTSTRAP_RESAMPLES
-    interval = metrics.bootstrap_ci(lambda index: float(np.mean([item.score(index) for item in items])), count,
+    interval = metrics.bootstrap_ci(lambda index: _mean_score(items, index), count,
                                     resamples=resamples)
     note = "" if interval is not None else (
         "fewer than 2 test items" if count < 2 else "metric undefined on most bootstrap resamples")
@@ -331,7 +331,7 @@ def pool_results(results: list[ProbeResult]) -> ProbeResult:
     )
     if not items:
         return pooled
-    interval = metrics.bootstrap_ci(lambda index: float(np.mean([item.score(index) for item in items])),
+    interval = metrics.bootstrap_ci(lambda index: _mean_score(items, index),
                                     items[0].count, resamples=first.ci_resamples or metrics.BOOTSTRAP_RESAMPLES)
     return replace(pooled, test_ci=None if interval is None else list(interval), _items=items,
                    ci_note="" if interval is not None else first.ci_note or "metric undefined on most bootstrap resamples")
@@ -367,10 +367,15 @@ def paired_difference(a: ProbeResult, b: ProbeResult) -> PairedDifference:
     count = a._items[0].count
 
     def gap(index: np.ndarray) -> float:
-        return float(np.mean([item.score(index) for item in a._items]) - np.mean([item.score(index) for item in b._items]))
+        return _mean_score(a._items, index) - _mean_score(b._items, index)
 
     interval = metrics.bootstrap_ci(gap, count, resamples=a.ci_resamples or metrics.BOOTSTRAP_RESAMPLES)
     return PairedDifference(gap(np.arange(count)), interval, count)
+
+
+def _mean_score(items: Sequence["_TestItems"], index: np.ndarray) -> float:
+    """The test score on the clips ``index`` (resampled or all), averaged over the seeds' items."""
+    return float(np.mean([item.score(index) for item in items]))
 
 
 @dataclass
