@@ -397,6 +397,12 @@ def test_bench_suite_then_eval_suite_dir_two_models(tmp_path):
     # each model is paired with its own random init (and the baselines), never with the other's
     assert {(row["model"], row["against"]) for row in payload["paired"] if "random init" in row["against"]} == {
         ("model-a", "model-a random init"), ("model-b", "model-b random init")}
+    # and the two runs with each other, once, first minus second, on the same clips
+    (between,) = [row for row in payload["paired"] if row["against"] == "model-b"]
+    best = {r["source"]: r["test_mean"][r["metric"]] for r in payload["results"] if r["kind"] == "model" and r["setting"] == "all"}
+    assert between["model"] == "model-a" and between["n_test"] == 2
+    assert between["difference"] == pytest.approx(best["model-a"] - best["model-b"], abs=1e-9)
+    assert "| pitch_class | model-a | model-b |" in result.stdout
     pooled = next(r for r in payload["results"] if r["source"] == "model-a random init" and r["setting"] == "all")
     assert [run_["seed"] for run_ in pooled["runs"]] == [0] and len(pooled["test_ci"]) == 2 and pooled["n_test"] == 2
     confusion = _strict_json(run / "confusion" / "pitch_class.json")

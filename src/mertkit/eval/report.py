@@ -98,7 +98,7 @@ def paired_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown section of :func:`paired_row` rows (×100); empty without rows."""
     if not rows:
         return ""
-    lines = ["", "## Paired on the same test clips: each row minus each floor row", "",
+    lines = ["", "## Paired on the same test clips: each model row minus each row it is paired with", "",
              "Difference of test scores ×100 (means over seeds), its 95 % paired bootstrap interval over the "
              "test clips (each resample scores both rows on the same clips); ahead / behind: "
              "the interval excludes 0.", "",

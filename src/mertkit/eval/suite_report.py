@@ -6,7 +6,8 @@
   random-init row, the baselines where they apply (MFCC, chroma, log-mel on clip tasks; onset
   strength, probed and peak-picked, on beat), the no-audio floor): mean ± std over seeds (``n=1`` for one
   seed), the 95 % bootstrap interval over test clips in brackets, the chosen layer; then each
-  model's best layer against its random init and each baseline, paired on the same test clips
+  model's best layer against its random init, each baseline and each model listed after it,
+  paired on the same test clips
   (the difference, its 95 % paired bootstrap interval and a verdict: ahead, behind or within
   noise; also under ``paired`` in ``results.json``); then the per-layer tables.
 * ``layers.png``: per task, each model's score per layer with its interval band and its chosen
@@ -122,16 +123,21 @@ def summary_table(entries: Sequence[Any], floors: dict[str, float], context: dic
 
 
 def paired_rows(entries: Sequence[Any]) -> list[dict[str, Any]]:
-    """Each model's best-layer row against its own random init's best layer and every baseline
-    row of the same task, paired on the same test clips (:func:`mertkit.eval.report.paired_row`)."""
+    """Each model's best-layer row against its own random init's best layer, every baseline row
+    of the same task and the best layer of each model listed after it (two runs compared on the
+    same clips), paired on the same test clips (:func:`mertkit.eval.report.paired_row`)."""
     rows = []
-    for model in (e for e in entries if e.kind == "model" and e.setting == "all"):
+    models = [e for e in entries if e.kind == "model" and e.setting == "all"]
+    for position, model in enumerate(models):
         for other in entries:
             if other.task != model.task or other.kind == "model":
                 continue
             if other.kind == "random_init" and (other.source != f"{model.source} random init" or other.setting != "all"):
                 continue
             rows.append(paired_row(model.source, model.result, _title(other), other.result))
+        for other in models[position + 1:]:
+            if other.task == model.task:
+                rows.append(paired_row(model.source, model.result, _title(other), other.result))
     return rows
 
 
