@@ -47,10 +47,23 @@ def test_whole_file_equals_direct_model_call(model):
     np.testing.assert_allclose(feats.timestamps[:3], (np.arange(3) * 320 + 200) / SR)
 
 
-def test_windows_concatenate_per_window_runs(model):
+def test_default_hop_leaves_no_frame_out_at_the_seams(model):
+    """A 1 s window holds 74 whole frames (74 * 320 = 23 680 of 24 000 samples): the default hop
+    is those 74 frames, so the windows' frames tile the grid of a whole-file pass."""
+    wave = np.random.default_rng(1).standard_normal(int(2.5 * SR)).astype(np.float32)
+    feats = Extractor(model, ExtractOptions(window=1.0, batch_size=3)).extract(wave)
+    whole = Extractor(model, ExtractOptions(window=0)).extract(wave)
+    np.testing.assert_allclose(feats.timestamps, whole.timestamps, rtol=0, atol=1e-9)
+    plan = window_plan(len(wave), SR, 1.0, 23680 / SR, 400)
+    assert [start for start, _ in plan] == [0, 23680, 47360]
+    parts = [_direct(model, wave[start:end]) for start, end in plan]
+    np.testing.assert_allclose(feats.hidden_states, np.concatenate(parts, axis=1), atol=1e-5)
+
+
+def test_a_hop_of_the_window_concatenates_per_window_runs(model):
     rng = np.random.default_rng(1)
     wave = rng.standard_normal(int(2.5 * SR)).astype(np.float32)
-    feats = Extractor(model, ExtractOptions(window=1.0, batch_size=3)).extract(wave)
+    feats = Extractor(model, ExtractOptions(window=1.0, hop=1.0, batch_size=3)).extract(wave)
     parts = [_direct(model, wave[s:e]) for s, e in [(0, SR), (SR, 2 * SR), (2 * SR, len(wave))]]
     np.testing.assert_allclose(feats.hidden_states, np.concatenate(parts, axis=1), atol=1e-5)
     # timestamps increase and restart each window at its start
@@ -149,11 +162,11 @@ def test_row_buffer_keeps_rows_across_growth():
 @pytest.mark.parametrize("pool", ["mean", "max"])
 def test_pooled_window_vectors_and_track_pool_match_the_frames(model, pool):
     wave = np.random.default_rng(3).standard_normal(SR * 4).astype(np.float32) * 0.1
-    window = 0.05  # 80 windows: the per-window buffer (64 rows at first) has to grow
+    window = 0.05  # 3 whole frames, hop 0.04 s: 100 windows, the per-window buffer (64 rows at first) has to grow
     frames = Extractor(model, ExtractOptions(pool="none", window=window)).extract(wave)
     pooled = Extractor(model, ExtractOptions(pool=pool, window=window)).extract(wave)
     reduce = np.mean if pool == "mean" else np.max
     np.testing.assert_allclose(pooled.hidden_states, reduce(frames.hidden_states, axis=1), rtol=1e-5, atol=1e-5)
-    assert pooled.window_pooled.shape[0] == len(pooled.window_starts) == 80
+    assert pooled.window_pooled.shape[0] == len(pooled.window_starts) == 100
     per_window = Extractor(model, ExtractOptions(pool=pool, window=window)).extract(wave[: int(window * SR)])
     np.testing.assert_allclose(pooled.window_pooled[0], per_window.window_pooled[0], rtol=1e-5, atol=1e-5)

@@ -55,8 +55,9 @@ def test_seamless_hop_keeps_the_frame_a_plain_hop_drops(ckpt):
     seamless = hear.load_model(str(ckpt), device="cpu", window=1.0)
     plain = hear.load_model(str(ckpt), device="cpu", window=1.0, hop=1.0)
     config = seamless.model.config
-    assert seamless.options.hop == seamless_hop(contract_of(seamless.model), 1.0)
-    assert seamless.options.hop * 16000 == config.num_frames(16000) * config.hop_length < 16000
+    hop = seamless.extractor("none").hop  # the extraction default, no hop asked for
+    assert seamless.options.hop is None and hop == seamless_hop(contract_of(seamless.model), 1.0)
+    assert hop * 16000 == config.num_frames(16000) * config.hop_length < 16000
     audio = _audio(1, 2.5, 16000, seed=2)
     _, even = hear.get_timestamp_embeddings(audio, seamless)
     _, gapped = hear.get_timestamp_embeddings(audio, plain)

@@ -73,7 +73,8 @@ def test_store_rows_equal_the_per_file_output(model, audio, tmp_path):
     rows = opened.rows(columns=["path", "level", "window_start", "window_end", "split"]).to_pylist()
     a_windows = [(r["window_start"], r["window_end"]) for r in rows if r["path"].endswith("a.wav") and r["level"] == "window"]
     samples = len(load_audio(audio / "a.wav", SR))
-    assert a_windows == [(0.0, 1.0), (1.0, 2.0), (2.0, samples / SR)]
+    hop = 74 * 320  # samples: the seam-free default, the 74 whole frames of a 1 s window
+    assert a_windows == [(0.0, 1.0), (hop / SR, (hop + SR) / SR), (2 * hop / SR, samples / SR)]
     track = [r for r in rows if r["path"].endswith("a.wav") and r["level"] == "track"]
     assert len(track) == 1 and track[0]["window_end"] == pytest.approx(samples / SR)
     assert {r["split"] for r in rows} == {"train"}
@@ -156,7 +157,8 @@ def _check_store(store: Path) -> dict[str, np.ndarray]:
     vectors, paths = opened.load(layer=3)
     assert len(paths) == len(set(paths))
     window_paths = opened.paths(level="window")
-    assert sorted(window_paths) == sorted(p for p in paths for _ in range(10))  # 1 s in 0.1 s windows
+    # 1 s in 0.1 s windows of 7 frames, one every 7 * 320 samples: 11 windows
+    assert sorted(window_paths) == sorted(p for p in paths for _ in range(11))
     return dict(zip(paths, vectors))
 
 

@@ -23,9 +23,9 @@ Timestamp embeddings are the model's frames (75 Hz for MERT-v1, 50 Hz for v0 and
 25 Hz for MERT-v2), computed in windows of the model's default extraction window (its
 pre-training context: 5 s, 30 s for music2vec and MERT-v2-30s; the whole sound for
 MERT-v2-FullSong) stitched at mid-overlap, each stamped with the centre of the samples it
-sees, in milliseconds. By default each window starts a whole number of frames after the last
-(`mertkit.extraction.engine.seamless_hop`: 5 s windows at 24 kHz hop 374 frames, 4.9867 s),
-so the frames form one even grid across window seams; `hop=` overrides it. Frame j of a
+sees, in milliseconds. Each window starts a whole number of frames after the last (the
+extraction default, `mertkit.extraction.engine.seamless_hop`: 5 s windows at 24 kHz hop 374
+frames, 4.9867 s), so the frames form one even grid across window seams; `hop=` overrides it. Frame j of a
 window starting at sample s is at
 1000 * (s + samples_per_frame * j + first_frame_centre) / model_rate (the model's
 `InputContract`; see `mertkit.extraction.engine`). Scene embeddings are the time-mean of the timestamp embeddings.
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from mertkit.audio import AudioError, check_waveform, resample
-from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions, seamless_hop
+from mertkit.extraction.engine import ExtractError, Extractor, ExtractOptions
 from mertkit.models.family import FamilyModel, contract_of
 
 __all__ = ["HEAR_SAMPLE_RATES", "HearError", "HearModel", "get_scene_embeddings", "get_timestamp_embeddings",
@@ -81,10 +81,6 @@ class HearModel(nn.Module):
         self.scene_embedding_size = model.config.hidden_size
         self.timestamp_embedding_size = model.config.hidden_size
         layers = None if layer == "mean" else (layer,)
-        if hop is None:  # windows that hand over without dropping the frame at each seam
-            contract = contract_of(model)
-            span = contract.default_window_seconds if window is None else window
-            hop = seamless_hop(contract, span) if span > 0 else None
         try:
             self.options = ExtractOptions(layers=layers, window=window, hop=hop, dtype=dtype, batch_size=batch_size)
         except ExtractError as err:

@@ -29,7 +29,7 @@ from mertkit.cli.options import (
 @click.option("--layers", default="all", show_default=True, help="'all' or comma-separated hidden-state indices, e.g. 0,6,12.")
 @click.option("--pool", type=click.Choice(["none", "mean", "max"]), default="none", show_default=True)
 @click.option("--window", type=FiniteFloat(min=0), default=None, help="Window seconds; 0 = whole file in one pass. Default: the model's pre-training context (5 s).")
-@click.option("--hop", type=FiniteFloat(min=0, min_open=True), default=None, help="Hop between windows in seconds (default: the window, no overlap).")
+@click.option("--hop", type=FiniteFloat(min=0, min_open=True), default=None, help="Hop between windows in seconds (default: the window less the samples after its last whole frame, so frames form an even grid across windows).")
 @click.option("--batch-size", type=BatchSize, default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Processes decoding and resampling audio while the model runs (0 = in the main process). "

@@ -1,7 +1,9 @@
 """Features from waveforms: windows, streaming, exact batching, layer choice, pooling.
 
 Windows. A file of N samples is cut into windows of `window` seconds every `hop` seconds
-(hop defaults to window; `window=0` means the whole file in one pass):
+(hop defaults to `seamless_hop`: the window, less the samples after its last whole frame (320
+for 5 s at 24 kHz with a conv front end, none with a log-mel one), so frame-level output has no
+gap at a seam; `window=0` means the whole file in one pass):
 
     samples  |0 ........................................................ N|
     window 0 |[=========== W ===========]                                 |
@@ -62,7 +64,7 @@ class ExtractOptions:
     layers: tuple[int, ...] | None = None  # hidden-state indices; None = all
     pool: str = "none"
     window: float | None = None  # seconds; 0 = whole file; None = the model's pre-training context
-    hop: float | None = None  # seconds; None = window (no overlap)
+    hop: float | None = None  # seconds; None = the seam-free hop (`seamless_hop`)
     batch_size: int = 8
     dtype: str = "float32"  # or "bfloat16", "float16", "auto" (see mertkit.models.kernels.resolve_dtype)
 
@@ -436,7 +438,12 @@ class Extractor:
 
     @property
     def hop(self) -> float:
-        return self.options.hop or self.window
+        """The hop asked for, else the seam-free one: windows that tile the frame grid, so
+        frame-level output has no gap at a seam (`seamless_hop`; the window itself whenever
+        the window is a whole number of frames, as for a log-mel front end)."""
+        if self.options.hop or not self.window:
+            return self.options.hop or self.window
+        return seamless_hop(self.contract, self.window)
 
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
