@@ -25,8 +25,8 @@ pre-training context: 5 s, 30 s for music2vec and MERT-v2-30s; the whole sound f
 MERT-v2-FullSong) stitched at mid-overlap, each stamped with the centre of the samples it
 sees, in milliseconds. Each window starts a whole number of frames after the last (the
 extraction default, `mertkit.extraction.engine.seamless_hop`: 5 s windows at 24 kHz hop 374
-frames, 4.9867 s), so the frames form one even grid across window seams; `hop=` overrides it. Frame j of a
-window starting at sample s is at
+frames, 4.9867 s), so the frames form one even grid across window seams; `hop=` overrides it.
+Frame j of a window starting at sample s is at
 1000 * (s + samples_per_frame * j + first_frame_centre) / model_rate (the model's
 `InputContract`; see `mertkit.extraction.engine`). Scene embeddings are the time-mean of the timestamp embeddings.
 """

@@ -441,8 +441,10 @@ class Extractor:
         """The hop asked for, else the seam-free one: windows that tile the frame grid, so
         frame-level output has no gap at a seam (`seamless_hop`; the window itself whenever
         the window is a whole number of frames, as for a log-mel front end)."""
-        if self.options.hop or not self.window:
-            return self.options.hop or self.window
+        if self.options.hop:
+            return self.options.hop
+        if not self.window:  # the whole file in one pass: no second window to hop to
+            return self.window
         return seamless_hop(self.contract, self.window)
 
     def device(self) -> torch.device:
