@@ -20,6 +20,7 @@ lines written after it are dropped). Logs: `RUN/log.jsonl` (and TensorBoard when
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -561,6 +562,11 @@ def main(argv: list[str] | None = None) -> None:
         # bad input under torchrun: one line per rank, as `mert pretrain` prints it, not a traceback
         raise SystemExit(f"Error: {err}") from err
     if dist.is_initialized():
+        # DDP sits in a reference cycle, so its reducer (which holds the group and its gradient
+        # buckets) outlives train() until a garbage collection; collect it now, while the
+        # interpreter is whole, not during its finalisation, where freeing those tensors can
+        # abort a rank (pytorch/pytorch#179291 describes the mechanism).
+        gc.collect()
         # gloo's barrier completes only after every earlier collective of the process has, so
         # no asynchronous work (DDP's gradient buckets included) is alive when the group is
         # torn down; work destroyed mid-flight aborted a rank at exit ("terminate called
