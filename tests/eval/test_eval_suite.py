@@ -246,6 +246,25 @@ def test_existing_suite_with_another_seed_is_refused(run, tmp_path):
         run_suite(model_dir, root / "suite", root / "out", tasks=["pitch"], run_name="first", **FAST)
 
 
+def test_report_names_the_soundfont_and_a_suite_of_another_is_not_topped_up(run, tmp_path):
+    import hashlib
+
+    from mertkit.synth.render import default_soundfont
+
+    root, model_dir, result = run
+    digest = hashlib.sha256(Path(default_soundfont()).read_bytes()).hexdigest()
+    assert f"- suite: synth, seed 0, SoundFont TimGM6mb.sf2 (sha256:{digest[:12]}), splits" in result.table
+    assert json.loads(result.paths["json"].read_text())["suite"]["soundfonts"] == [f"TimGM6mb.sf2 (sha256:{digest[:12]})"]
+    # a suite rendered with another bank: eval would render its missing task with the bundled one
+    shutil.copytree(root / "suite" / "pitch", tmp_path / "suite" / "pitch")
+    info = json.loads((tmp_path / "suite" / "pitch" / "task.json").read_text())
+    info["soundfont"] = {"file": "FluidR3_GM.sf2", "sha256": "0" * 64}
+    (tmp_path / "suite" / "pitch" / "task.json").write_text(json.dumps(info))
+    with pytest.raises(SuiteRunError, match=r"suite: its tasks were rendered with FluidR3_GM.sf2, and 'key' is missing"):
+        run_suite(model_dir, tmp_path / "suite", tmp_path / "out", tasks=["pitch", "key"], **FAST)
+    assert not (tmp_path / "suite" / "key").exists()
+
+
 def test_bad_tasks_and_baselines_are_refused(tmp_path):
     with pytest.raises(SuiteRunError, match="unknown or no tasks.*'genre'"):
         run_suite(None, tmp_path / "s", tmp_path / "o", tasks=["genre"])

@@ -14,6 +14,7 @@ pytest.importorskip("pretty_midi")
 pytest.importorskip("tinysoundfont")
 soundfile = pytest.importorskip("soundfile")
 
+from mertkit.synth.render import RenderError  # noqa: E402
 from mertkit.synth.suite import TASKS, SuiteError, build_suite, build_task, default_clips, split_counts  # noqa: E402
 from mertkit.pretrain.teachers.cqt import CQT, CQTConfig  # noqa: E402
 
@@ -178,3 +179,21 @@ def test_cli_builds_a_suite(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "pitch").exists()
     again = CliRunner().invoke(bench_suite, ["synth", "--out", str(tmp_path / "out"), "--clips", "3", "--task", "tempo"])
     assert again.exit_code != 0 and "not empty" in again.output
+
+
+def test_task_json_records_the_soundfont_by_name_and_content(suites: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from mertkit.synth.render import default_soundfont
+
+    bundled = Path(default_soundfont())
+    recorded = json.loads((suites["a"] / "pitch" / "task.json").read_text())["soundfont"]
+    assert recorded == {"file": "TimGM6mb.sf2", "sha256": hashlib.sha256(bundled.read_bytes()).hexdigest()}
+    copy = tmp_path / "Renamed.sf2"
+    shutil.copyfile(bundled, copy)
+    build_task(tmp_path / "suite", "pitch_class", num_clips=3, soundfont=str(copy))
+    renamed = json.loads((tmp_path / "suite" / "pitch_class" / "task.json").read_text())["soundfont"]
+    assert renamed == {"file": "Renamed.sf2", "sha256": recorded["sha256"]}
+    with pytest.raises(RenderError, match="missing.sf2: SoundFont file not found"):
+        build_task(tmp_path / "other", "pitch", num_clips=3, soundfont=str(tmp_path / "missing.sf2"))
+    assert not (tmp_path / "other").exists()

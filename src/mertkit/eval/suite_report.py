@@ -99,7 +99,8 @@ def summary_table(entries: Sequence[Any], floors: dict[str, float], context: dic
         f"# mert eval --suite synth: {', '.join(m['name'] for m in models)}",
         "",
         *[f"- model: **{m['name']}**, {m['origin']} (fingerprint {m['fingerprint'][:12]})" for m in models],
-        f"- suite: synth, seed {context['suite']['seed']}, splits (train/valid/test) "
+        f"- suite: synth, seed {context['suite']['seed']}, "
+        f"SoundFont {', '.join(context['suite'].get('soundfonts', ['not recorded']))}, splits (train/valid/test) "
         + ", ".join(f"{t} {s['train']}/{s['valid']}/{s['test']}" for t, s in context["suite"]["split_sizes"].items()),
         f"- probe: {probe['kind']}, lrs {list(probe['lrs'])}, seeds {seeds}, up to {probe['max_epochs']} epochs "
         f"(patience {probe['patience']}); random-init seeds {context.get('random_init_seeds', [])}",

@@ -392,14 +392,41 @@ def ensure_suite(
             _check_existing_task(folder, existing[name], suite_seed, clips_per_task)
         else:
             clips = clips_per_task or default_clips(name)
-            log(f"rendering suite task {name!r}: {clips} clips, seed {suite_seed} -> {folder}")
             # No task.json means an interrupted render (it is written last): start that folder over.
             try:
+                _check_bundled_soundfont(suite_dir, name, existing)
+                log(f"rendering suite task {name!r}: {clips} clips, seed {suite_seed} -> {folder}")
                 build_task(suite_dir, name, seed=suite_seed, num_clips=clips, overwrite=True)
             except (SuiteError, RenderError) as error:
                 raise SuiteRunError(f"{folder}: cannot render the suite task ({error})") from error
         found[name] = folder
     return found
+
+
+def _check_bundled_soundfont(suite_dir: Path, missing: str, existing: dict[str, dict[str, Any]]) -> None:
+    """A missing task is rendered with the bundled SoundFont: refuse where the tasks already
+    there were rendered with another, rather than mix two banks in one suite."""
+    from mertkit.synth.render import soundfont_identity
+
+    bundled = soundfont_identity()["sha256"]
+    others = sorted({info["soundfont"]["file"] for info in existing.values()
+                     if isinstance(info.get("soundfont"), dict) and info["soundfont"].get("sha256") not in (None, bundled)})
+    if others:
+        raise SuiteRunError(
+            f"{suite_dir}: its tasks were rendered with {', '.join(others)}, and {missing!r} is missing; render it there "
+            f"with `mert bench-suite synth -o {suite_dir} --task {missing} --soundfont ...` (same seed), or use another suite folder"
+        )
+
+
+def suite_soundfonts(tasks: Sequence[SuiteTask]) -> list[str]:
+    """The SoundFonts the tasks' clips were rendered with, as "file (sha256:…)" ("not recorded"
+    for a task.json written before mertkit recorded it)."""
+    found = []
+    for task in tasks:
+        identity = _read_task_json(task.folder).get("soundfont")
+        found.append(f"{identity['file']} (sha256:{identity['sha256'][:12]})" if isinstance(identity, dict) and
+                     {"file", "sha256"} <= set(identity) else "not recorded")
+    return list(dict.fromkeys(found))
 
 
 def _check_existing_task(folder: Path, info: dict[str, Any], seed: int, clips_per_task: int | None) -> None:
@@ -761,7 +788,8 @@ def _report_context(
         "model": dataclasses.asdict(infos[0]),
         "models": [dataclasses.asdict(info) for info in infos],
         "suite": {"name": "synth", "seed": seeds.pop() if len(seeds) == 1 else sorted(map(str, seeds)),
-                  "dirs": {t.name: str(t.folder) for t in tasks}, "split_sizes": sizes, "labels": labels},
+                  "soundfonts": suite_soundfonts(tasks), "dirs": {t.name: str(t.folder) for t in tasks},
+                  "split_sizes": sizes, "labels": labels},
         "probe": {**dataclasses.asdict(settings), "layers": [str(layer) for layer in settings.layers]},
         "random_init_seeds": list(range(random_init)),
         "baselines": list(baselines),

@@ -23,6 +23,7 @@ Optional dependencies: ``pip install pretty_midi`` and ``pip install --no-deps t
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "RenderError",
     "DRUM_CHANNEL",
     "default_soundfont",
+    "soundfont_identity",
     "render_midi",
     "render_notes",
     "peak_normalise",
@@ -85,6 +87,15 @@ def _soundfont_bytes(path: str) -> bytes:
         raise RenderError(f"{path}: SoundFont file not found")
     with open(path, "rb") as handle:
         return handle.read()
+
+
+@functools.lru_cache(maxsize=4)
+def soundfont_identity(path: str | None = None) -> dict[str, str]:
+    """What a rendered artifact records of its SoundFont (None: the bundled one): the file's
+    name and the sha256 of its bytes, so audio rendered with different banks never passes
+    for the same suite, whatever the files are called."""
+    path = default_soundfont() if path is None else path
+    return {"file": os.path.basename(path), "sha256": hashlib.sha256(_soundfont_bytes(path)).hexdigest()}
 
 
 @dataclass(frozen=True)

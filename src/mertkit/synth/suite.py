@@ -10,7 +10,7 @@ Layout (paths in manifests are relative to the task folder)::
     out_dir/<task>/clips/000000.wav          16-bit mono WAV at ``sample_rate``
     out_dir/<task>/clips/000000.beats.txt    tempo task only: one beat time (s) per line
     out_dir/<task>/manifest.csv              path,label,split[,beats]
-    out_dir/<task>/task.json                 name, kind, labels, metric, clip_seconds, ...
+    out_dir/<task>/task.json                 name, kind, labels, metric, clip_seconds, soundfont, ...
 
 Tasks:
 
@@ -62,7 +62,7 @@ from mertkit.synth.corpus import (
     key_name,
     write_wav,
 )
-from mertkit.synth.render import peak_normalise, render_midi, render_notes, require_synth_deps
+from mertkit.synth.render import peak_normalise, render_midi, render_notes, require_synth_deps, soundfont_identity
 
 __all__ = ["SuiteError", "TaskInfo", "TASKS", "GM_FAMILIES", "PITCH_CLASSES", "build_suite", "build_task", "default_clips",
            "lowest_strong_partial"]
@@ -113,6 +113,8 @@ class TaskInfo:
     num_clips: int
     label_kind: str = "class"  # "class" | "regression"
     extra: dict[str, Any] = field(default_factory=dict)
+    # {"file", "sha256"} of the SoundFont the clips were rendered with (render.soundfont_identity)
+    soundfont: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -222,8 +224,8 @@ def _tempo_clip(rng: np.random.Generator, label: str, sample_rate: int, soundfon
     return _Clip(peak_normalise(audio), f"{tempo:.2f}", beats)
 
 
-def _task_info(name: str, seed: int, num_clips: int, sample_rate: int) -> TaskInfo:
-    common = {"sample_rate": sample_rate, "seed": seed, "num_clips": num_clips}
+def _task_info(name: str, seed: int, num_clips: int, sample_rate: int, soundfont: str | None) -> TaskInfo:
+    common = {"sample_rate": sample_rate, "seed": seed, "num_clips": num_clips, "soundfont": soundfont_identity(soundfont)}
     if name == "pitch":
         labels = [str(p) for p in range(PITCH_RANGE[0], PITCH_RANGE[1] + 1)]
         return TaskInfo(name, "multiclass", labels, "accuracy", 1.5, **common, extra={"label_meaning": "MIDI note number"})
@@ -303,7 +305,7 @@ def build_task(
         raise SuiteError(f"unknown task {name!r}; choose from {TASKS}")
     num_clips = default_clips(name) if num_clips is None else num_clips
     folder = Path(out_dir) / name
-    info = _task_info(name, seed, num_clips, sample_rate)
+    info = _task_info(name, seed, num_clips, sample_rate, soundfont)
     split_counts(num_clips)
     _prepare_folder(folder, overwrite)
     task_index = TASKS.index(name)
