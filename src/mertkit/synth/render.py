@@ -90,12 +90,16 @@ def _soundfont_bytes(path: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=4)
+def _soundfont_sha256(path: str) -> str:
+    return hashlib.sha256(_soundfont_bytes(path)).hexdigest()
+
+
 def soundfont_identity(path: str | None = None) -> dict[str, str]:
     """What a rendered artifact records of its SoundFont (None: the bundled one): the file's
     name and the sha256 of its bytes, so audio rendered with different banks never passes
     for the same suite, whatever the files are called."""
     path = default_soundfont() if path is None else path
-    return {"file": os.path.basename(path), "sha256": hashlib.sha256(_soundfont_bytes(path)).hexdigest()}
+    return {"file": os.path.basename(path), "sha256": _soundfont_sha256(path)}
 
 
 @dataclass(frozen=True)
