@@ -4,6 +4,7 @@ from __future__ import annotations
 import builtins
 import csv
 import hashlib
+import threading
 
 import numpy as np
 import pytest
@@ -138,6 +139,52 @@ def test_pitch_bend_shifts_the_pitch() -> None:
     audio = render_midi(pm, SR, duration=1.0)
     expected = 440.0 * 2 ** (1 / 12)
     assert abs(1200 * np.log2(_spectrum_peak_near(audio[1200:], expected) / expected)) < 10
+
+
+def _busy_piece(seed: int) -> pretty_midi.PrettyMIDI:
+    """Three parts and drums that leave a synthesiser bent, panned, sustained and ringing."""
+    rng = np.random.default_rng(seed)
+    pm = pretty_midi.PrettyMIDI()
+    for _ in range(3):
+        inst = pretty_midi.Instrument(program=int(rng.integers(0, 112)))
+        start = 0.0
+        for _ in range(8):
+            length = float(rng.uniform(0.1, 0.6))
+            inst.notes.append(pretty_midi.Note(int(rng.integers(30, 90)), int(rng.integers(48, 96)), start, start + length))
+            start += 0.7 * length
+        inst.pitch_bends.append(pretty_midi.PitchBend(int(rng.integers(-8000, 8000)), 0.5))
+        inst.control_changes += [
+            pretty_midi.ControlChange(number, int(rng.integers(0, 128)), time)
+            for number, time in ((7, 0.2), (10, 0.3), (64, 0.4), (11, 0.6))
+        ]
+        pm.instruments.append(inst)
+    drums = pretty_midi.Instrument(program=0, is_drum=True)
+    drums.notes = [pretty_midi.Note(100, 36 + i, 0.25 * i, 0.25 * i + 0.1) for i in range(10)]
+    pm.instruments.append(drums)
+    return pm
+
+
+def _in_new_thread(function):
+    result = []
+    worker = threading.Thread(target=lambda: result.append(function()))
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+def test_a_reused_synthesiser_renders_what_a_fresh_one_does(monkeypatch) -> None:
+    # Each piece leaves bends, controllers and ringing voices behind; the next must not hear them.
+    pieces = [_busy_piece(seed) for seed in range(5)]
+    fresh = [_in_new_thread(lambda pm=pm: render_midi(pm, SR, duration=3.0)) for pm in pieces]
+    tinysoundfont = require_synth_deps()[1]
+    loads = []
+    real_sfload = tinysoundfont.Synth.sfload
+    monkeypatch.setattr(tinysoundfont.Synth, "sfload", lambda self, *a, **k: loads.append(1) or real_sfload(self, *a, **k))
+    reused = _in_new_thread(lambda: [render_midi(pm, SR, duration=3.0) for pm in pieces])
+    assert len(loads) == 1  # parsed once for five pieces
+    for seed, (expected, got) in enumerate(zip(fresh, reused)):
+        assert np.abs(expected).max() > 0.05
+        assert np.array_equal(expected, got), f"piece {seed} differs by {np.abs(expected - got).max()}"
 
 
 def test_bad_requests_raise_clear_errors(tmp_path) -> None:

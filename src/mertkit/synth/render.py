@@ -13,6 +13,11 @@ The renderer drives TinySoundFont (``tinysoundfont``) directly from a ``pretty_m
 * controllers and pitch bends are forwarded, except bank select (CC 0/32: the program is
   fixed per instrument) and the reverb/chorus sends (CC 91/93): the render is dry;
   TinySoundFont implements no reverb or chorus effect in any case;
+* speed: parsing a SoundFont costs far more than rendering a short clip with it (FluidR3 GM,
+  148 MB: about 0.4 s), so each thread keeps the synthesiser it last used and, after every
+  pass, silences it and returns its channels to their defaults (sounds off, controllers
+  reset, pitch wheel centred, the quick release run out): the next clip renders exactly as
+  it would on a freshly loaded one;
 * output: float32 mono (the mean of the synthesiser's stereo channels), not clipped or
   normalised, so dense music can exceed [-1, 1]; writers should normalise
   (:func:`peak_normalise`).
@@ -25,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +55,8 @@ DRUM_CHANNEL = 9
 _MELODIC_CHANNELS = tuple(c for c in range(16) if c != DRUM_CHANNEL)
 # Controllers that are not forwarded: bank select MSB/LSB, reverb send, chorus send.
 _DROPPED_CONTROLLERS = frozenset({0, 32, 91, 93})
+# Long enough for TinySoundFont's quick release (10 ms) of voices cut by "all sounds off".
+_SILENCE_SECONDS = 0.1
 _INSTALL_HINT = "install pretty_midi and tinysoundfont (pip install pretty_midi; pip install --no-deps tinysoundfont)"
 
 # Event kinds in the order they are applied when they fall on the same sample: controllers
@@ -162,28 +170,56 @@ def _select_programs(synth: Any, sfid: int, assignment: Iterable[tuple[Any, int]
             raise RenderError(f"{soundfont}: has no {what} {inst.program} (instrument {inst.name!r})") from error
 
 
-def _render_pass(
-    assignment: list[tuple[Any, int]], num_samples: int, sample_rate: int, soundfont: str, gain: float
-) -> np.ndarray:
+_held = threading.local()
+
+
+def _loaded_synth(soundfont: str, sample_rate: int, gain: float) -> tuple[Any, int]:
+    """The thread's synthesiser with ``soundfont`` loaded (parsed once, then reused), and the
+    SoundFont's id in it."""
+    key = (soundfont, sample_rate, gain)
+    held = getattr(_held, "synth", None)
+    if held is not None and held[0] == key:
+        return held[1], held[2]
+    _held.synth = None  # let the previous bank go before parsing the next
     _, tinysoundfont = require_synth_deps()
     synth = tinysoundfont.Synth(gain=gain, samplerate=sample_rate)
     try:
         sfid = synth.sfload(_soundfont_bytes(soundfont))
     except (tinysoundfont.SoundFontException, RuntimeError) as error:
         raise RenderError(f"{soundfont}: not a readable SoundFont ({error})") from error
-    _select_programs(synth, sfid, assignment, soundfont)
-    events = sorted(
-        (e for inst, ch in assignment for e in _instrument_events(inst, ch, sample_rate)),
-        key=lambda e: (e.sample, e.kind),
-    )
-    stereo = np.zeros((num_samples, 2), dtype=np.float32)
-    position = 0
-    for event in events:
-        if event.sample >= num_samples:
-            break
-        position = _generate(synth, stereo, position, event.sample)
-        _apply(synth, event)
-    _generate(synth, stereo, position, num_samples)
+    _held.synth = (key, synth, sfid)
+    return synth, sfid
+
+
+def _silence(synth: Any, sample_rate: int) -> None:
+    """Put a used synthesiser back in the state of a freshly loaded one."""
+    for channel in range(16):
+        synth.control_change(channel, 120, 0)  # all sounds off (a 10 ms release)
+        synth.control_change(channel, 121, 0)  # reset controllers (volume, pan, expression, RPN)
+        synth.pitchbend(channel, 8192)  # the controller reset leaves the wheel where it was
+    synth.generate_simple(int(round(_SILENCE_SECONDS * sample_rate)))
+
+
+def _render_pass(
+    assignment: list[tuple[Any, int]], num_samples: int, sample_rate: int, soundfont: str, gain: float
+) -> np.ndarray:
+    synth, sfid = _loaded_synth(soundfont, sample_rate, gain)
+    try:
+        _select_programs(synth, sfid, assignment, soundfont)
+        events = sorted(
+            (e for inst, ch in assignment for e in _instrument_events(inst, ch, sample_rate)),
+            key=lambda e: (e.sample, e.kind),
+        )
+        stereo = np.zeros((num_samples, 2), dtype=np.float32)
+        position = 0
+        for event in events:
+            if event.sample >= num_samples:
+                break
+            position = _generate(synth, stereo, position, event.sample)
+            _apply(synth, event)
+        _generate(synth, stereo, position, num_samples)
+    finally:
+        _silence(synth, sample_rate)
     return stereo.mean(axis=1, dtype=np.float32)
 
 
