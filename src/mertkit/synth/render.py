@@ -14,10 +14,11 @@ The renderer drives TinySoundFont (``tinysoundfont``) directly from a ``pretty_m
   fixed per instrument) and the reverb/chorus sends (CC 91/93): the render is dry;
   TinySoundFont implements no reverb or chorus effect in any case;
 * speed: parsing a SoundFont costs far more than rendering a short clip with it (FluidR3 GM,
-  148 MB: about 0.4 s), so each thread keeps the synthesiser it last used and, after every
-  pass, silences it and returns its channels to their defaults (sounds off, controllers
-  reset, pitch wheel centred, the quick release run out): the next clip renders exactly as
-  it would on a freshly loaded one;
+  148 MB: about 0.4 s), so each thread keeps the synthesiser it last used (and with it the
+  parsed bank, about three times the file's size in memory) and, after every pass, silences
+  it and returns its channels to their defaults (sounds off, controllers reset, pitch wheel
+  centred, the quick release run out): the next clip renders exactly as it would on a
+  freshly loaded one;
 * output: float32 mono (the mean of the synthesiser's stereo channels), not clipped or
   normalised, so dense music can exceed [-1, 1]; writers should normalise
   (:func:`peak_normalise`).
