@@ -2,7 +2,7 @@
 # The short pre-training runs behind the table "Retrain attempts" in README.md (this folder).
 # Each run is probed with `mert pretrain-diagnose RUN --suite suite --audio AUDIO --labels LABELS`.
 # The runs differ only in the settings shown; the seed (1), the `tiny` preset, batch 8 x 5 s crops,
-# bf16 autocast, one k-means codebook of 500 codes are shared.
+# bf16 autocast where the CPU has native bf16 (fp32 elsewhere: precision=auto), one k-means codebook of 500 codes are shared.
 #
 #   bash scripts/small_model/pilots.sh data      # corpus, suite, labels (about 15 CPU minutes)
 #   bash scripts/small_model/pilots.sh NAME      # one run: recipe | unmasked | lr | logcqt | cqt_only | ce01 | varied
@@ -25,10 +25,10 @@
 #                                                # final-noce | final-bestrq (labels_bestrq: wide-teachers)
 set -euo pipefail
 
-common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
+common=(--config tiny --set n_codebooks=1 --set codebook_size=500 --set precision=auto --set batch_size=8
         --set log_interval=20 --set ckpt_interval=100)
 snapshots=(--set 'snapshot_fractions=[0,0.1,0.25,0.5,0.75,1.0]')
-wide_base=(--config tiny-wide --set n_codebooks=1 --set codebook_size=500 --set precision=bf16 --set batch_size=8
+wide_base=(--config tiny-wide --set n_codebooks=1 --set codebook_size=500 --set precision=auto --set batch_size=8
            --set log_interval=20 --set ckpt_interval=100 --set warmup_updates=50 --audio corpus_v)
 wide=("${wide_base[@]}" --labels labels_v)
 shipped=(--set unmasked_weight=1.0 --set ce_weight=0.1 --set cqt_target=log_standardised --set flux_weight=0.3

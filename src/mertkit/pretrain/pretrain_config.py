@@ -27,7 +27,7 @@ from mertkit.models.mert2.config import MODEL_TYPE as MERT2_MODEL_TYPE, Mert2Con
 
 PRESET_NAMES = ("tiny", "tiny-wide", "tiny-mel", "95m", "330m")
 OBJECTIVES = ("mlm", "data2vec")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 CQT_TARGETS = ("magnitude", "log_standardised")
 # The texture target's log-mel spectrogram: 1024-sample Hann frames (43 ms at 24 kHz), 64 HTK
 # mel bands from 0 Hz to Nyquist: the k-means teacher's spectrogram (`pretrain.kmeans`)
@@ -117,7 +117,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
     clip_norm: float = 10.0  # 0 disables clipping (the norm is still logged)
     grad_accum: int = 1
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler) | auto (bf16 where native, else fp32)
     feature_grad_mult: float = 0.1
     # ---- data -----------------------------------------------------------------------------
     crop_seconds: float = 5.0

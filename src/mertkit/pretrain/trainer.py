@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from mertkit.fileio import TaggedFileError, atomic_write, read_tagged_torch
+from mertkit.models.kernels import resolve_dtype
 from mertkit.progress import Progress
 from mertkit.pretrain.pretrain_config import PretrainConfig
 from mertkit.pretrain.diagnostics import save_snapshot
@@ -112,7 +113,8 @@ def train(
     optimizer = torch.optim.AdamW(
         trainable, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
     )
-    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
+    precision = compute_precision(cfg, env)  # logged with every record: "auto" depends on the machine
+    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
     position = Position()
     seed_everything(cfg.seed + env.rank)  # dropout / layerdrop streams differ per process
     if checkpoint is not None:
@@ -140,10 +142,11 @@ def train(
             micro.append((epoch, index, batch.to(env.device)))
         position.epoch, position.batch = epoch, index + 1
         lr = lr_at(cfg, position.update + 1)
-        stats = train_step(model, wrapped, optimizer, scaler, micro, cfg, env, lr)
+        stats = train_step(model, wrapped, optimizer, scaler, micro, cfg, env, lr, precision)
         position.update += 1
         model.after_update(position.update)
-        stats.update(update=position.update, epoch=position.epoch, lr=lr, seconds=time.perf_counter() - started)
+        stats.update(update=position.update, epoch=position.epoch, lr=lr, precision=precision,
+                     seconds=time.perf_counter() - started)
         bar.update(1, loss=stats["loss"])
         if logger is not None:
             logger.record(stats)
@@ -166,6 +169,7 @@ def train_step(
     cfg: PretrainConfig,
     env: DistEnv,
     lr: float,
+    precision: str,
 ) -> dict:
     """One optimiser update over this process's micro-batches; returns what to log."""
     masks = [batch_mask(model, batch, cfg) for _, _, batch in micro]
@@ -177,7 +181,7 @@ def train_step(
     for i, ((epoch, index, batch), mask) in enumerate(zip(micro, masks)):
         mixture = torch.Generator().manual_seed(clip_seed(cfg.seed, epoch, index * env.world_size + env.rank, stream=2))
         syncing = env.world_size == 1 or i == len(micro) - 1
-        with (contextlib.nullcontext() if syncing else wrapped.no_sync()), autocast(cfg, env):
+        with (contextlib.nullcontext() if syncing else wrapped.no_sync()), autocast(precision, env):
             out: LossSums = wrapped(batch.wave, batch.lengths, batch.labels, mask, mixture_generator=mixture)
             # DDP averages gradients over processes; the counts are already global, so undo it.
             loss = model.total_loss(out, counts) * env.world_size
@@ -269,10 +273,23 @@ def lr_at(cfg: PretrainConfig, update: int) -> float:
     return cfg.end_lr + (cfg.lr - cfg.end_lr) * remaining**cfg.lr_decay_power
 
 
-def autocast(cfg: PretrainConfig, env: DistEnv):
-    if cfg.precision == "fp32":
+# precision names of the config -> dtype names of `resolve_dtype`
+_PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
+
+
+def compute_precision(cfg: PretrainConfig, env: DistEnv) -> str:
+    """The precision this process trains in: "auto" is bf16 where the device has native bf16
+    (CUDA with bf16; CPUs with AVX512-BF16, AMX or ARM BF16), fp32 elsewhere. bf16 autocast
+    on a CPU without native bf16 is far slower than fp32 (the shipped recipe: 0.05 against
+    0.85 updates/s on a 2-core AVX2 EPYC), so asking for it there warns once."""
+    dtype = resolve_dtype(_PRECISION_DTYPES[cfg.precision], env.device)
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def autocast(precision: str, env: DistEnv):
+    if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=env.device.type, dtype=dtype)
 
 
