@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mertkit.cli.pretrain_diagnose import pretrain_diagnose
 from mertkit.pretrain.diagnostics import (
-    PROBE_MAX_ITER, code_information, codebook_stats, gradient_shares, load_snapshot, logistic_accuracy,
+    PROBE_MAX_ITER, code_information, codebook_stats, curve_change, gradient_shares, load_snapshot, logistic_accuracy,
     mutual_information_bits, snapshot_paths,
 )
 from mertkit.pretrain.trainer import train
@@ -33,12 +33,32 @@ def test_logistic_probe_reports_a_fit_that_hit_the_iteration_cap_without_warning
     splits = {"train": np.arange(0, 60), "valid": np.arange(60, 80), "test": np.arange(80, 100)}
     y = np.repeat([0, 1, 2, 3], 25)[rng.permutation(100)]
     x = np.concatenate([np.eye(4)[y] * 3.0, rng.normal(0, 1, (100, 20))], axis=1) + rng.normal(0, 0.3, (100, 24))
-    valid, test, converged = logistic_accuracy(x, y, splits)
+    valid, test, converged, correct = logistic_accuracy(x, y, splits)
     assert converged and valid > 0.9 and test > 0.9 and PROBE_MAX_ITER == 200
+    assert correct.shape == (20,) and correct.mean() == test
     monkeypatch.setattr(diagnostics, "PROBE_MAX_ITER", 2)  # no lbfgs fit of this data converges in 2
-    *_, converged = logistic_accuracy(x, y, splits)
+    converged = logistic_accuracy(x, y, splits).converged
     assert not converged
     assert not [w for w in recwarn if type(w.message).__name__ == "ConvergenceWarning"]
+
+
+def test_a_curve_rises_or_falls_only_when_the_paired_interval_excludes_zero():
+    def point(correct):
+        return {"test_correct": list(correct)}
+
+    half = np.array([1, 0] * 50)
+    better = half.copy()
+    better[1:60:2] = 1  # 30 more of the 100 test clips right, none lost
+    rise = curve_change(point(half), point(better))
+    assert rise["verdict"] == "rises" and rise["difference"] == pytest.approx(0.3) and rise["interval"][0] > 0
+    assert curve_change(point(better), point(half))["verdict"] == "falls"
+    # the same accuracy on other clips: no change, however different the clips
+    swapped = curve_change(point(half), point(1 - half))
+    assert swapped["difference"] == 0.0 and swapped["verdict"] == "within noise"
+    # two clips gained of 100: a point-by-point reading would call it a rise
+    two = half.copy()
+    two[[1, 3]] = 1
+    assert curve_change(point(half), point(two))["verdict"] == "within noise"
 
 
 def test_mutual_information_bounds():
@@ -126,6 +146,13 @@ def test_pretrain_diagnose_command(tiny_run):
     assert all(0.0 <= p["key"]["test_accuracy"] <= 1.0 for p in points)
     assert set(report["gradient_shares"]) == {"0", "2", "4"} and len(report["labels"]) == 2
     assert (root / "diag" / "probe_curve.png").stat().st_size > 1000
+    change = report["probe_curve"]["change"]
+    assert set(change) == set(report["probe_curve"]["tasks"])
+    for task, moved in change.items():
+        assert (moved["from_update"], moved["to_update"]) == (0, 4)
+        assert moved["difference"] == pytest.approx(points[-1][task]["test_accuracy"] - points[0][task]["test_accuracy"])
+        assert moved["verdict"] in ("rises", "falls", "within noise")
+    assert "update 0 -> 4: pitch " in result.output
 
 
 def test_pretrain_diagnose_without_snapshots_is_one_line(tmp_path):

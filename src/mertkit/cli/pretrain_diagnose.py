@@ -4,8 +4,9 @@
 
 Writes OUT/diagnostics.json (default OUT: RUN_DIR/diagnostics) with the label statistics
 per codebook (with --labels), each loss term's gradient share at every snapshot (with
---audio and --labels) and the probe curve over the snapshots (with --suite), plus
-OUT/probe_curve.png.
+--audio and --labels) and the probe curve over the snapshots (with --suite), with the last
+snapshot's change from the first per task (paired 95 % bootstrap interval over the test clips:
+rises / falls / within noise), plus OUT/probe_curve.png.
 """
 from __future__ import annotations
 

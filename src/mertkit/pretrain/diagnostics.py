@@ -16,7 +16,9 @@ Three instruments, each usable on any run:
   trainer at `snapshot_fractions` of the run, update 0 = the random initialisation) probed
   with logistic regression on mean-pooled hidden states of every layer, layer chosen on the
   suite's validation split, accuracy on its test split. Rising curves mean pre-training adds
-  information; falling ones mean it destroys what the random network already exposed.
+  information; falling ones mean it destroys what the random network already exposed. The
+  last snapshot is compared with the first on the same test clips (`curve_change`: paired
+  bootstrap interval), so "rises" and "falls" are claims the test split can carry.
 
 `run_diagnostics` does all three and writes `OUT/diagnostics.json` and `OUT/probe_curve.png`.
 """
@@ -28,7 +30,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -154,9 +156,15 @@ def _split_indices(clips: Sequence[SuiteClip]) -> dict[str, np.ndarray]:
 PROBE_MAX_ITER = 200
 
 
-def logistic_accuracy(x: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray]) -> tuple[float, float, bool]:
-    """(valid, test accuracy, converged) of a standardised logistic regression fitted on the
-    train split; `converged` is False when the fit stopped at PROBE_MAX_ITER iterations."""
+class LogisticFit(NamedTuple):
+    valid: float  # accuracy on the valid split
+    test: float  # ... on the test split
+    converged: bool  # False when the fit stopped at PROBE_MAX_ITER iterations
+    test_correct: np.ndarray  # [test clips] bool: which test clips it got right (paired comparisons)
+
+
+def logistic_accuracy(x: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray]) -> LogisticFit:
+    """A standardised logistic regression fitted on the train split, scored on valid and test."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -164,14 +172,14 @@ def logistic_accuracy(x: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray
 
     train = splits["train"]
     if len(np.unique(y[train])) < 2:
-        return float("nan"), float("nan"), True
+        return LogisticFit(float("nan"), float("nan"), True, np.zeros(len(splits["test"]), dtype=bool))
     regression = LogisticRegression(max_iter=PROBE_MAX_ITER, C=1.0)
     probe = make_pipeline(StandardScaler(), regression)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(x[train], y[train])
-    valid, test = (float((probe.predict(x[splits[s]]) == y[splits[s]]).mean()) for s in ("valid", "test"))
-    return valid, test, bool(np.max(regression.n_iter_) < PROBE_MAX_ITER)
+    valid, test = (probe.predict(x[splits[s]]) == y[splits[s]] for s in ("valid", "test"))
+    return LogisticFit(float(valid.mean()), float(test.mean()), bool(np.max(regression.n_iter_) < PROBE_MAX_ITER), test)
 
 
 def _majority_accuracy(y: np.ndarray, splits: dict[str, np.ndarray]) -> float:
@@ -211,7 +219,7 @@ def code_information(
             shuffled = rng.permutation(y)
             frame_shuffled = np.concatenate([np.full(c.shape[1], shuffled[i]) for i, c in enumerate(codes)])
             histogram = np.stack([np.bincount(c[k], minlength=codebook_size) / c.shape[1] for c in codes])
-            _, test, converged = logistic_accuracy(histogram, y, splits)
+            _, test, converged, _ = logistic_accuracy(histogram, y, splits)
             rows.append({
                 "codebook": k,
                 "mi_bits": mutual_information_bits(frame_codes, frame_labels),
@@ -352,10 +360,27 @@ def probe_states(pooled: np.ndarray, clips: Sequence[SuiteClip]) -> dict[str, An
     _, y = np.unique([c.label for c in clips], return_inverse=True)
     splits = _split_indices(clips)
     layers = [logistic_accuracy(pooled[:, i], y, splits) for i in range(pooled.shape[1])]
-    best = int(np.nanargmax([v for v, _, _ in layers]))
-    return {"best_layer": best, "test_accuracy": layers[best][1], "valid_accuracy": layers[best][0],
-            "test_accuracy_per_layer": [t for _, t, _ in layers],
-            "unconverged_layers": [i for i, (_, _, converged) in enumerate(layers) if not converged]}
+    best = int(np.nanargmax([fit.valid for fit in layers]))
+    return {"best_layer": best, "test_accuracy": layers[best].test, "valid_accuracy": layers[best].valid,
+            "test_accuracy_per_layer": [fit.test for fit in layers],
+            "unconverged_layers": [i for i, fit in enumerate(layers) if not fit.converged],
+            "test_correct": layers[best].test_correct.astype(int).tolist()}
+
+
+def curve_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """How a task's probe moved between two snapshots (``probe_states`` results on the same
+    test clips): the accuracy difference and its 95 % paired bootstrap interval over the test
+    clips; "rises" or "falls" only when the interval excludes zero. One clip of a 55-clip
+    test split is 1.8 points, so a curve read point by point says little on its own."""
+    from mertkit.eval.metrics import bootstrap_ci
+
+    a, b = np.asarray(first["test_correct"], dtype=float), np.asarray(last["test_correct"], dtype=float)
+    difference = float(b.mean() - a.mean())
+    interval = bootstrap_ci(lambda index: float(b[index].mean() - a[index].mean()), len(a))
+    verdict = ("no interval" if interval is None else
+               "rises" if interval[0] > 0 else "falls" if interval[1] < 0 else "within noise")
+    return {"difference": difference, "interval": None if interval is None else list(interval),
+            "verdict": verdict, "test_clips": len(a)}
 
 
 def probe_curve(run_dir: str | Path, suite_dir: str | Path, tasks: Sequence[str] | None = None,
@@ -379,7 +404,18 @@ def probe_curve(run_dir: str | Path, suite_dir: str | Path, tasks: Sequence[str]
             note = f" (probes stopped at {PROBE_MAX_ITER} iterations: {', '.join(capped)})" if capped else ""
             log(f"update {update}: " + ", ".join(f"{t} {row[t]['test_accuracy']:.3f}" for t in tasks) + note)
         curve.append(row)
-    return {"tasks": tasks, "points": curve}
+    changes = {}
+    if len(curve) > 1:  # the last snapshot against the first (update 0: the random initialisation)
+        changes = {t: {"from_update": curve[0]["update"], "to_update": curve[-1]["update"],
+                       **curve_change(curve[0][t], curve[-1][t])} for t in tasks}
+        if log is not None:
+            log(f"update {curve[0]['update']} -> {curve[-1]['update']}: " + ", ".join(
+                f"{t} {c['difference']:+.3f} {_interval_text(c['interval'])} {c['verdict']}" for t, c in changes.items()))
+    return {"tasks": tasks, "points": curve, "change": changes}
+
+
+def _interval_text(interval: list[float] | None) -> str:
+    return "[no interval]" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
 
 def plot_curve(curve: dict[str, Any], png: Path) -> None:
