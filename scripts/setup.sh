@@ -14,7 +14,7 @@ STAMP=.venv/.mertkit-setup-$(sha1sum pyproject.toml scripts/setup.sh | sha1sum |
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
-EXTRAS=store,eval,pretrain,test
+EXTRAS=store,eval,pretrain,chorales,test
 [ "$BROWSER_TESTS" = 1 ] && EXTRAS=$EXTRAS,serve-test
 .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 # tinysoundfont declares pyaudio (for playback, which we never use; it does not build here).

@@ -56,6 +56,8 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
      "one more update than the first run, so the resume has something to do"),
     (r"^(mert bench-suite synth -o suite/)", r"\1 --task key --clips 40",
      "one task (key, which the probe line reads) of 40 clips (what eval --quick asks for) instead of 2172"),
+    (r"^(mert bench-suite chorales -o suite/)", r"\1 --limit 3 --seconds 2",
+     "three chorales of 2 s (12 clips) instead of every chorale in music21's corpus (about 1200 clips)"),
     (r"^(mert eval .*?)(\s+#.*)?$",
      r"\1 --tasks key --quick --random-init 0 --baselines none --epochs 2\2",
      "the key task only, one seed, two epochs, no floors"),

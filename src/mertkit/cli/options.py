@@ -156,7 +156,7 @@ class _ClickHandler(logging.Handler):
 # The extra that installs each optional package a command may import.
 EXTRAS = {
     "pyarrow": "store", "faiss": "search", "ray": "ray", "matplotlib": "eval", "mir_eval": "eval",
-    "pretty_midi": "eval", "sklearn": "pretrain", "scipy": "pretrain",
+    "pretty_midi": "eval", "sklearn": "pretrain", "scipy": "pretrain", "music21": "chorales",
 }
 # tinysoundfont declares pyaudio (for playback, which mertkit never uses), and pyaudio does not
 # build without the PortAudio headers: so it is in no extra and is installed without its deps.

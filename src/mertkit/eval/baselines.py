@@ -163,7 +163,7 @@ DEFAULT_BASELINES = ("mfcc", "chroma", "logmel", ONSET)
 # How reports name each baseline's row, line or column.
 BASELINE_TITLES = {"mfcc": "MFCC stats", "chroma": "chroma stats", "logmel": "log-mel stats", ONSET: "onset strength"}
 # Which tasks each baseline serves (the CLI help and the report notes say the same).
-BASELINE_SCOPE = "mfcc, chroma, logmel: clip tasks (pitch, pitch_class, instrument, key, tempo); onset: beat"
+BASELINE_SCOPE = "mfcc, chroma, logmel: clip tasks (pitch, pitch_class, instrument, key, chorale_key, tempo); onset: beat"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ Steps, each cached so that a rerun redoes only what is missing:
 Synthetic task folders -> probe tasks:
 
 * ``pitch``, ``pitch_class``, ``instrument``, ``key``: multiclass, accuracy.
+* ``chorale_key`` (not a default task; ``mert bench-suite chorales`` renders it, see
+  :mod:`mertkit.synth.chorales`): the key of Bach chorale openings, multiclass, accuracy.
 * ``tempo`` (from the ``tempo`` folder): the BPM as a one-target regression on pooled
   features, R².
 * ``beat`` (from the ``tempo`` folder): per-frame beat activation on unpooled features, beat
@@ -80,7 +82,7 @@ __all__ = [
 
 # Probe task -> the suite folder it reads.
 PROBE_TASKS: dict[str, str] = {"pitch": "pitch", "pitch_class": "pitch_class", "instrument": "instrument", "key": "key",
-                               "tempo": "tempo", "beat": "tempo"}
+                               "tempo": "tempo", "beat": "tempo", "chorale_key": "chorale_key"}
 DEFAULT_TASKS = ("pitch", "pitch_class", "instrument", "key", "tempo", "beat")
 DEFAULT_RANDOM_INIT = 3
 BEAT_NOT_RUN = "beat tracking not run (not among the tasks); tempo is scored as BPM regression only"
@@ -377,7 +379,7 @@ def ensure_suite(
     is used as it is; a missing one is rendered with the suite's seed (``seed``, else the seed
     of the tasks already there, else 0)."""
     from mertkit.synth.render import RenderError
-    from mertkit.synth.suite import SuiteError, build_task, default_clips
+    from mertkit.synth.suite import TASKS as SYNTH_TASKS, SuiteError, build_task, default_clips
 
     suite_dir = Path(suite_dir)
     existing = {name: _read_task_json(suite_dir / name) for name in folders if (suite_dir / name / "task.json").is_file()}
@@ -390,6 +392,9 @@ def ensure_suite(
         folder = suite_dir / name
         if name in existing:
             _check_existing_task(folder, existing[name], suite_seed, clips_per_task)
+        elif name not in SYNTH_TASKS:  # not generated here: it has a command of its own
+            raise SuiteRunError(f"{folder}: missing; render it with `mert bench-suite chorales -o {suite_dir} "
+                                f"--seed {suite_seed}`")
         else:
             clips = clips_per_task or default_clips(name)
             # No task.json means an interrupted render (it is written last): start that folder over.

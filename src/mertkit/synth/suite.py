@@ -332,7 +332,7 @@ def build_task(
 
 
 def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
-    columns = ["path", "label", "split"] + (["beats"] if "beats" in rows[0] else [])
+    columns = ["path", "label", "split"] + [name for name in rows[0] if name not in ("path", "label", "split")]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
