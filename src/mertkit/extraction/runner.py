@@ -305,41 +305,37 @@ def declared_seconds(path: Path) -> float:
 
 
 class AudioProgress:
-    """A progress bar in seconds of audio (rate and ETA in audio seconds per second), fed as
-    audio is decoded; a finished file moves it to the file's declared duration."""
+    """Progress in seconds of audio (rate and ETA in audio seconds per second), fed as audio
+    is decoded; a finished file moves it to the file's declared duration. A bar on a terminal,
+    a log line every 30 s elsewhere (:class:`mertkit.progress.Progress`)."""
 
-    def __init__(self, paths: list[Path], *, enabled: bool):
-        from tqdm import tqdm
+    def __init__(self, paths: list[Path], *, enabled: bool, tty: bool | None = None):
+        from mertkit.progress import Progress
 
         self.expected = [declared_seconds(p) for p in paths] if enabled else [0.0] * len(paths)
         self.counted = [0.0] * len(paths)
         self.files, self.finished = len(paths), 0
-        self.bar = tqdm(total=sum(self.expected), unit="s", disable=not enabled, dynamic_ncols=True,
-                        bar_format="{percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio "
-                                   "[{elapsed}<{remaining}, {rate_fmt}]{postfix}", postfix=self._files())
+        self.bar = Progress(sum(self.expected), "extract", unit="s", enabled=enabled, tty=tty)
+        self.bar.update(0, files=self._files())
 
     def advance(self, job: int, seconds: float) -> None:
         self.counted[job] += seconds
         self._update(seconds)
 
     def file_finished(self, job: int) -> None:
-        self._update(max(self.expected[job] - self.counted[job], 0.0))
         self.finished += 1
-        self._postfix()
+        self._update(max(self.expected[job] - self.counted[job], 0.0), files=self._files())
 
     def close(self) -> None:
         self.bar.close()
 
-    def _update(self, seconds: float) -> None:
-        if self.bar.n + seconds > self.bar.total:  # a container that understated its length
-            self.bar.total = self.bar.n + seconds
-        self.bar.update(seconds)
-
-    def _postfix(self) -> None:
-        self.bar.set_postfix_str(self._files(), refresh=False)
+    def _update(self, seconds: float, **postfix: str) -> None:
+        if self.bar.count + seconds > self.bar.total:  # a container that understated its length
+            self.bar.set_total(self.bar.count + seconds)
+        self.bar.update(seconds, **postfix)
 
     def _files(self) -> str:
-        return f"{self.finished}/{self.files} files"
+        return f"{self.finished}/{self.files}"
 
 
 def run_extract(
