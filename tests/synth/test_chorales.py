@@ -21,7 +21,8 @@ from mertkit.cli.bench_suite import bench_suite  # noqa: E402
 from mertkit.eval.suite_runner import SuiteRunError, ensure_suite, folder_fingerprint, load_suite_tasks, run_suite  # noqa: E402
 from mertkit.models.checkpoint import save_pretrained  # noqa: E402
 from mertkit.models.hubert.model import MertModel  # noqa: E402
-from mertkit.synth.chorales import CHORALE_PROGRAMS, chorale_labels  # noqa: E402
+from mertkit.synth.chorales import CHORALE_PROGRAMS  # noqa: E402
+from mertkit.synth.suite import key_labels  # noqa: E402
 
 SR = 16000
 ARGS = ["--limit", "3", "--transpositions", "3", "--seconds", "2", "--sample-rate", str(SR), "-q"]
@@ -46,7 +47,7 @@ def _rows(folder: Path) -> list[dict[str, str]]:
 def test_every_transposition_of_a_chorale_carries_its_shifted_key_and_its_split(task):
     rows = _rows(task)
     assert len(rows) == 9 and len({r["chorale"] for r in rows}) == 3
-    names = chorale_labels()
+    names = key_labels()
     for chorale in {r["chorale"] for r in rows}:
         mine = [r for r in rows if r["chorale"] == chorale]
         assert len({r["split"] for r in mine}) == 1  # no transposition of a test chorale in training
@@ -81,7 +82,7 @@ def test_the_same_seed_gives_the_same_bytes_and_another_seed_other_clips(task, t
 def test_eval_reads_the_task_and_names_the_command_when_it_is_missing(task, tmp_path):
     folders = ensure_suite(task.parent, ["chorale_key"], None, None, lambda message: None)
     (loaded,) = load_suite_tasks(folders)
-    assert loaded.name == "chorale_key" and loaded.spec.labels == tuple(chorale_labels())
+    assert loaded.name == "chorale_key" and loaded.spec.labels == tuple(key_labels())
     assert len(loaded.records) == 9
     with pytest.raises(SuiteRunError, match=r"mert bench-suite chorales -o .* --seed 0"):
         ensure_suite(tmp_path / "empty", ["chorale_key"], None, None, lambda message: None)

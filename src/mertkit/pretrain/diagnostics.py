@@ -373,14 +373,14 @@ def curve_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
     clips; "rises" or "falls" only when the interval excludes zero. One clip of a 55-clip
     test split is 1.8 points, so a curve read point by point says little on its own."""
     from mertkit.eval.metrics import bootstrap_ci
+    from mertkit.eval.probes import PairedDifference
 
     a, b = np.asarray(first["test_correct"], dtype=float), np.asarray(last["test_correct"], dtype=float)
-    difference = float(b.mean() - a.mean())
     interval = bootstrap_ci(lambda index: float(b[index].mean() - a[index].mean()), len(a))
-    verdict = ("no interval" if interval is None else
-               "rises" if interval[0] > 0 else "falls" if interval[1] < 0 else "within noise")
-    return {"difference": difference, "interval": None if interval is None else list(interval),
-            "verdict": verdict, "test_clips": len(a)}
+    paired = PairedDifference(float(b.mean() - a.mean()), interval, len(a))
+    verdict = {"ahead": "rises", "behind": "falls"}.get(paired.verdict, paired.verdict)
+    return {"difference": paired.difference, "interval": None if interval is None else list(interval),
+            "verdict": verdict, "test_clips": paired.n_test}
 
 
 def probe_curve(run_dir: str | Path, suite_dir: str | Path, tasks: Sequence[str] | None = None,

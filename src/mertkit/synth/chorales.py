@@ -29,7 +29,7 @@ import numpy as np
 
 from mertkit.synth.corpus import MODES, key_name, write_wav
 from mertkit.synth.render import peak_normalise, render_midi, require_synth_deps, soundfont_identity
-from mertkit.synth.suite import SuiteError, TaskInfo, _prepare_folder, _write_manifest, split_counts
+from mertkit.synth.suite import SuiteError, TaskInfo, _prepare_folder, _write_manifest, key_labels, split_counts
 
 __all__ = ["CHORALE_TASK", "CHORALE_PROGRAMS", "Chorale", "build_chorale_task", "load_chorales"]
 
@@ -168,10 +168,5 @@ def _task_info(seed: int, num_clips: int, seconds: float, sample_rate: int, soun
     extra = {"label_meaning": "key of a Bach chorale opening (music21's analysis, agreeing with the key signature)",
              "source": f"music21 {music21.__version__} corpus: Bach four-part chorales", "chorales": chorales,
              "transpositions": transpositions, "tempo_range_bpm": list(TEMPO_RANGE), "split": "by chorale"}
-    return TaskInfo(CHORALE_TASK, "multiclass", chorale_labels(), "accuracy", seconds, sample_rate, seed, num_clips, extra=extra,
+    return TaskInfo(CHORALE_TASK, "multiclass", key_labels(), "accuracy", seconds, sample_rate, seed, num_clips, extra=extra,
                     soundfont=soundfont_identity(soundfont))
-
-
-def chorale_labels() -> list[str]:
-    """The task's 24 labels, in task.json order (the synthetic key task's)."""
-    return [key_name(tonic, mode) for mode in MODES for tonic in range(12)]

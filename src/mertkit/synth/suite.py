@@ -65,7 +65,7 @@ from mertkit.synth.corpus import (
 from mertkit.synth.render import peak_normalise, render_midi, render_notes, require_synth_deps, soundfont_identity
 
 __all__ = ["SuiteError", "TaskInfo", "TASKS", "GM_FAMILIES", "PITCH_CLASSES", "build_suite", "build_task", "default_clips",
-           "lowest_strong_partial"]
+           "key_labels", "lowest_strong_partial"]
 
 # Order matters: a task's audio is drawn from rng([seed, TASKS.index(task), clip]), so new
 # tasks are appended and older tasks keep their bytes.
@@ -83,6 +83,11 @@ SPLITS = (("train", 0.70), ("valid", 0.15), ("test", 0.15))
 DEFAULT_CLIPS_PER_TASK = 360
 # Tasks with many classes get more clips by default (a class needs a few training clips).
 DEFAULT_CLIPS: dict[str, int] = {"pitch": 12 * (PITCH_RANGE[1] - PITCH_RANGE[0] + 1)}
+
+
+def key_labels() -> list[str]:
+    """The 24 key labels of the key tasks ("C major".."B minor"), in output order."""
+    return [key_name(tonic, mode) for mode in MODES for tonic in range(12)]
 
 
 def default_clips(task: str) -> int:
@@ -237,8 +242,7 @@ def _task_info(name: str, seed: int, num_clips: int, sample_rate: int, soundfont
         return TaskInfo(name, "multiclass", list(GM_FAMILIES), "accuracy", 3.0, **common,
                         extra={"label_meaning": "General MIDI family (sound effects excluded)"})
     if name == "key":
-        labels = [key_name(tonic, mode) for mode in MODES for tonic in range(12)]
-        return TaskInfo(name, "multiclass", labels, "accuracy", 6.0, **common, extra={"label_meaning": "tonic and mode"})
+        return TaskInfo(name, "multiclass", key_labels(), "accuracy", 6.0, **common, extra={"label_meaning": "tonic and mode"})
     return TaskInfo(name, "beat", [], "beat_f", 8.0, **common, label_kind="regression",
                     extra={"label_meaning": "tempo in BPM", "tempo_range_bpm": list(TEMPO_RANGE),
                            "beat_tolerance_s": BEAT_TOLERANCE_S})
