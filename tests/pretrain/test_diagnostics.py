@@ -155,6 +155,29 @@ def test_pretrain_diagnose_command(tiny_run):
     assert "update 0 -> 4: pitch " in result.output
 
 
+def test_pretrain_diagnose_on_chosen_snapshots_and_tasks(tiny_run):
+    root, _ = tiny_run
+    suite = _tone_suite(root / "suite")
+    common = [str(root / "run"), "--suite", str(suite), "-o", str(root / "diag")]
+    result = CliRunner().invoke(pretrain_diagnose, [*common, "--tasks", "pitch", "--updates", "0,4",
+                                                    "--audio", str(root / "audio"), "--labels", str(root / "labels")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((root / "diag" / "diagnostics.json").read_text())
+    assert [p["update"] for p in report["probe_curve"]["points"]] == [0, 4]
+    assert report["probe_curve"]["tasks"] == ["pitch"] and set(report["probe_curve"]["points"][1]) == {"update", "fraction", "pitch"}
+    assert set(report["gradient_shares"]) == {"0", "4"}
+    assert "update 0 -> 4: pitch " in result.output and "pitch_class" not in result.output
+
+    for extra, message in ((["--updates", "0,3"], "no snapshot at update 3 (it has 0, 2, 4)"),
+                           (["--tasks", "tempo"], "unknown task tempo; the probe curve has pitch, pitch_class"),
+                           (["--tasks", "instrument"], "no instrument task (render it with `mert bench-suite`)")):
+        result = CliRunner().invoke(pretrain_diagnose, [*common, *extra])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(pretrain_diagnose, [str(root / "run"), "--labels", str(root / "labels"), "--tasks", "pitch"])
+    assert result.exit_code == 2 and "give --suite too" in result.output
+
+
 def test_pretrain_diagnose_without_snapshots_is_one_line(tmp_path):
     (tmp_path / "run").mkdir()
     result = CliRunner().invoke(pretrain_diagnose, [str(tmp_path / "run"), "--suite", str(tmp_path)])

@@ -52,7 +52,7 @@ def _parse_layers(value: str) -> tuple[int | str, ...]:
 @click.option("--run-name", default=None, help="Run folder name under OUT [default: the UTC start time, YYYYmmdd-HHMMSS].")
 @click.option("--overwrite", is_flag=True, help="Replace the report of an existing run folder of the same name.")
 @click.option("--tasks", type=Names, default="pitch,pitch_class,instrument,key,tempo,beat", show_default=True,
-              help="Comma-separated: pitch, pitch_class, instrument, key, tempo, beat.")
+              help="Comma-separated: pitch, pitch_class, instrument, key, tempo, beat; chorale_key after `mert bench-suite chorales`.")
 @click.option("--probe", "probe_kind", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True,
               help="Probe for the clip-level tasks.")
 @click.option("--beat-probe", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True,

@@ -146,6 +146,19 @@ def available_tasks(suite_dir: str | Path, wanted: Sequence[str] = PROBE_TASKS) 
     return [t for t in wanted if (root / ("pitch" if t == "pitch_class" else t) / "manifest.csv").is_file()]
 
 
+def chosen_tasks(suite_dir: str | Path, tasks: Sequence[str] | None) -> list[str]:
+    """The probe curve's tasks: every one the suite has, or those asked (each must be there)."""
+    if tasks is None:
+        return available_tasks(suite_dir)
+    unknown = [t for t in tasks if t not in PROBE_TASKS]
+    if unknown:
+        raise DiagnosticsError(f"unknown task {', '.join(unknown)}; the probe curve has {', '.join(PROBE_TASKS)}")
+    absent = [t for t in tasks if t not in available_tasks(suite_dir, tasks)]
+    if absent:
+        raise DiagnosticsError(f"{suite_dir}: no {', '.join(absent)} task (render it with `mert bench-suite`)")
+    return list(dict.fromkeys(tasks))
+
+
 def _split_indices(clips: Sequence[SuiteClip]) -> dict[str, np.ndarray]:
     return {s: np.array([i for i, c in enumerate(clips) if c.split == s], dtype=np.int64) for s in ("train", "valid", "test")}
 
@@ -319,12 +332,21 @@ def save_snapshot(out_dir: Path, model: torch.nn.Module, cfg, update: int) -> Pa
     return path
 
 
-def snapshot_paths(run_dir: str | Path) -> list[tuple[int, Path]]:
+def snapshot_paths(run_dir: str | Path, updates: Sequence[int] | None = None) -> list[tuple[int, Path]]:
+    """[(update, path)] of the run's snapshots in update order; only those at `updates` if given."""
     folder = Path(run_dir) / SNAPSHOT_DIR
     found = sorted(folder.glob("update_[0-9]*.pt")) if folder.is_dir() else []
     if not found:
         raise DiagnosticsError(f"{run_dir}: no snapshots in {folder} (the trainer writes them at snapshot_fractions)")
-    return [(int(p.stem.split("_")[1]), p) for p in found]
+    snapshots = [(int(p.stem.split("_")[1]), p) for p in found]
+    if updates is None:
+        return snapshots
+    have = [update for update, _ in snapshots]
+    missing = sorted(set(updates) - set(have))
+    if missing:
+        raise DiagnosticsError(f"{run_dir}: no snapshot at update {', '.join(map(str, missing))} "
+                               f"(it has {', '.join(map(str, have))})")
+    return [(update, path) for update, path in snapshots if update in set(updates)]
 
 
 def load_snapshot(path: Path):
@@ -384,12 +406,12 @@ def curve_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_curve(run_dir: str | Path, suite_dir: str | Path, tasks: Sequence[str] | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Probe every snapshot of a run on the suite (see the module docstring)."""
-    tasks = available_tasks(suite_dir) if tasks is None else list(tasks)
+                log: Callable[[str], None] | None = None, updates: Sequence[int] | None = None) -> dict[str, Any]:
+    """Probe every snapshot of a run (or those at `updates`) on the suite (see the module docstring)."""
+    tasks = chosen_tasks(suite_dir, tasks)
     clips = {t: suite_clips(suite_dir, t) for t in tasks}
     curve = []
-    for update, path in snapshot_paths(run_dir):
+    for update, path in snapshot_paths(run_dir, updates):
         cfg, model, _ = load_snapshot(path)
         total = cfg.total_updates
         cache: dict[Path, np.ndarray] = {}
@@ -444,9 +466,14 @@ def plot_curve(curve: dict[str, Any], png: Path) -> None:
 def run_diagnostics(
     run_dir: str | Path, out_dir: str | Path, *, suite_dir: str | Path | None = None,
     audio_dir: str | Path | None = None, label_dir: str | Path | None = None, batches: int = 2,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, tasks: Sequence[str] | None = None,
+    updates: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Label stats, gradient shares at every snapshot, and the probe curve; writes JSON + PNG."""
+    """Label stats, gradient shares at every snapshot (or those at `updates`), and the probe curve
+    (on `tasks`, default every probe task the suite has); writes JSON + PNG."""
+    snapshot_paths(run_dir, updates)  # a missing snapshot is said before any work
+    if suite_dir is not None:
+        chosen_tasks(suite_dir, tasks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"run": str(run_dir)}
@@ -454,7 +481,7 @@ def run_diagnostics(
         report["labels"] = [asdict(s) for s in label_dir_stats(label_dir)]
     if audio_dir is not None and label_dir is not None:
         report["gradient_shares"] = {}
-        for update, path in snapshot_paths(run_dir):
+        for update, path in snapshot_paths(run_dir, updates):
             cfg, model, _ = load_snapshot(path)
             model.train()
             report["gradient_shares"][str(update)] = gradient_shares(model, _first_batches(cfg, audio_dir, label_dir, batches), cfg)
@@ -462,7 +489,7 @@ def run_diagnostics(
                 shares = report["gradient_shares"][str(update)]["terms"]
                 log(f"update {update}: encoder grad shares " + ", ".join(f"{t} {v['encoder_share']:.2f}" for t, v in shares.items()))
     if suite_dir is not None:
-        report["probe_curve"] = probe_curve(run_dir, suite_dir, log=log)
+        report["probe_curve"] = probe_curve(run_dir, suite_dir, tasks, log=log, updates=updates)
         plot_curve(report["probe_curve"], out / "probe_curve.png")
     write_json(out / "diagnostics.json", _finite(report))
     return report
