@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The shipped model, `mertkit-tiny-mel` (session 15), from nothing: every step is seeded. Run
-# from an empty folder with mertkit installed. On the 2-core CPU: corpus and labels about 3 min;
-# pre-training 10 000 updates (two threads: 96 min at 1.74 updates/s in bf16 on an AVX512-BF16 Xeon,
-# about 2 h at 1.35 updates/s on a slower one; about 3.3 h at 0.85 updates/s in fp32 on an AVX2-only
-# EPYC, where bf16 autocast would take two days); evaluation about 10 min (bench-suite and eval) plus
-# 15 min (pretrain-diagnose).
+# The shipped model, `mertkit-tiny-mel` (session 21, run `cq3f`), from nothing: every step is
+# seeded. Run from an empty folder with mertkit installed. On the 2-core CPU: corpus and labels
+# about 6 min; pre-training 10 000 updates in fp32 (two threads: about 3.2 h at 0.87 updates/s on
+# an AVX2-only EPYC, the shipped run); evaluation about 10 min (bench-suite and eval) plus 15 min
+# (pretrain-diagnose). On an AVX512-BF16 CPU `--set precision=auto` trains in bf16 autocast in
+# about half the time, but that is another run (session 19's `cq3`), not these weights.
 #
 #   bash scripts/small_model/retrain.sh [MODEL_OUT]     # MODEL_OUT defaults to ./mertkit-tiny-mel
 set -euo pipefail
@@ -22,15 +22,16 @@ mert labels corpus_gm -o labels_gm25 --teacher kmeans --features logmel_chroma -
 #    log-standardised CQT with four targets derived from the audio: each octave's onset flux
 #    (x 0.3), the chroma (x 0.5), the log CQT's cepstrum (x 1.0) and the texture, local statistics
 #    of a full-band log-mel cepstrum (x 1.0); all on masked and unmasked frames; no in-batch
-#    mixture (it costs pitch early: scripts/small_model/README.md, session 12); bf16 autocast where
-#    the CPU has native bf16 (the shipped run: AVX512-BF16), fp32 elsewhere (precision=auto);
-#    batches of 8 x 5 s; lr warmed up over 300 updates and decayed linearly to 0 at 10 000.
-#    (The shipped run stopped at update 2056 and was resumed from its checkpoint of update 2000
-#    with `--resume` and the same `--set`s.)
+#    mixture (it costs pitch early: scripts/small_model/README.md, session 12); the CQT term x 3
+#    (session 19: pitch ahead of the random initialisation on the large split); fp32 (the shipped
+#    run's precision); batches of 8 x 5 s; lr warmed up over 300 updates and decayed linearly to
+#    0 at 10 000. (The shipped run was stopped at update 3763 by the end of a session and resumed
+#    from its checkpoint of update 3700: `mert pretrain --audio corpus_gm --labels labels_gm25
+#    --out run --resume`.)
 mert pretrain --config tiny-mel --audio corpus_gm --labels labels_gm25 --out run \
-  --set n_codebooks=1 --set codebook_size=500 --set precision=auto --set batch_size=8 \
+  --set n_codebooks=1 --set codebook_size=500 --set precision=fp32 --set batch_size=8 \
   --set warmup_updates=300 --set unmasked_weight=1.0 --set ce_weight=0.1 \
-  --set cqt_target=log_standardised --set flux_weight=0.3 --set chroma_weight=0.5 --set timbre_weight=1.0 \
+  --set cqt_target=log_standardised --set cqt_weight=3.0 --set flux_weight=0.3 --set chroma_weight=0.5 --set timbre_weight=1.0 \
   --set mixture_prob=0 --set texture_weight=1.0 \
   --set 'snapshot_fractions=[0,0.02,0.04,0.08,0.16,0.24,0.36,0.48,0.64,0.8,1.0]' --set log_interval=20 --set ckpt_interval=100 \
   --set total_updates=10000
