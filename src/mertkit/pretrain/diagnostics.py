@@ -346,7 +346,8 @@ def snapshot_paths(run_dir: str | Path, updates: Sequence[int] | None = None) ->
     if missing:
         raise DiagnosticsError(f"{run_dir}: no snapshot at update {', '.join(map(str, missing))} "
                                f"(it has {', '.join(map(str, have))})")
-    return [(update, path) for update, path in snapshots if update in set(updates)]
+    wanted = set(updates)
+    return [(update, path) for update, path in snapshots if update in wanted]
 
 
 def load_snapshot(path: Path):
@@ -471,9 +472,9 @@ def run_diagnostics(
 ) -> dict[str, Any]:
     """Label stats, gradient shares at every snapshot (or those at `updates`), and the probe curve
     (on `tasks`, default every probe task the suite has); writes JSON + PNG."""
-    snapshot_paths(run_dir, updates)  # a missing snapshot is said before any work
+    snapshot_paths(run_dir, updates)  # a missing snapshot or task is said before any work
     if suite_dir is not None:
-        chosen_tasks(suite_dir, tasks)
+        tasks = chosen_tasks(suite_dir, tasks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"run": str(run_dir)}
