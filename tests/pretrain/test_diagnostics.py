@@ -214,3 +214,20 @@ def test_the_initial_weights_are_rebuilt_from_the_config_alone(tiny_run):
     assert all(torch.equal(rebuilt[k], v) for k, v in snapshot.state_dict().items())
     _, later, _ = load_snapshot(snapshot_paths(root / "run")[-1][1])
     assert not all(torch.equal(rebuilt[k], v) for k, v in later.state_dict().items())
+
+
+def test_pooled_states_in_batches_equal_one_clip_at_a_time():
+    """Equal-length runs of waves are batched (no padding): each clip's pooled states are the
+    ones it gets alone, in input order, whatever the mix of lengths."""
+    from mertkit.pretrain.diagnostics import pooled_states_of_waves
+    from mertkit.pretrain.trainer import initial_model
+
+    backbone = initial_model(tiny_config()).backbone.eval()
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (SR, SR, SR, SR // 2, SR, SR)]
+    with torch.no_grad():
+        alone = pooled_states_of_waves(backbone, waves, batch_size=1)
+        batched = pooled_states_of_waves(backbone, waves, batch_size=2)
+    assert batched.shape == alone.shape and batched.shape[0] == len(waves)
+    np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(alone[0], alone[1])  # different clips, different states: order is checked

@@ -370,11 +370,26 @@ def pooled_hidden_states(backbone, paths: Sequence[Path], sample_rate: int) -> n
     """[clips, hidden states, width]: every hidden state mean-pooled over each whole clip."""
     from mertkit.audio import load_audio
 
-    rows = []
-    for path in paths:
-        wave = torch.from_numpy(load_audio(path, sample_rate))[None]
-        states = backbone(wave).hidden_states
-        rows.append(torch.stack([s[0].mean(0) for s in states]).float().numpy())
+    return pooled_states_of_waves(backbone, (load_audio(path, sample_rate) for path in paths))
+
+
+def pooled_states_of_waves(backbone, waves: Iterable[np.ndarray], batch_size: int = 16) -> np.ndarray:
+    """[clips, hidden states, width] of mono waves already at the backbone's sample rate; runs
+    of equal-length waves go through in batches (no padding, so each clip's states are its own)."""
+    rows: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch:
+            states = backbone(torch.from_numpy(np.stack(batch).astype(np.float32))).hidden_states
+            rows.extend(torch.stack([s.mean(1) for s in states], dim=1).float().numpy())
+            batch.clear()
+
+    for wave in waves:
+        if batch and (wave.shape != batch[0].shape or len(batch) == batch_size):
+            flush()
+        batch.append(wave)
+    flush()
     return np.stack(rows)
 
 
