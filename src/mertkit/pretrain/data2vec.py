@@ -26,8 +26,7 @@ from torch import Tensor, nn
 
 from mertkit.models.hubert.model import MertModel
 from mertkit.pretrain.pretrain_config import PretrainConfig
-from mertkit.pretrain.mixture import mix_batch
-from mertkit.pretrain.mlm_model import Backbone, Counts, LossSums, PretrainInputError, mixture_settings
+from mertkit.pretrain.mlm_model import Backbone, Counts, LossSums, PretrainInputError, student_input
 
 
 def masked_instance_norm(x: Tensor, valid: Tensor, eps: float = 1e-5) -> Tensor:
@@ -82,8 +81,7 @@ class Data2VecPretrainModel(Backbone):
         if mask.shape != (wave.shape[0], frames):
             raise PretrainInputError(f"mask must be [{wave.shape[0]}, {frames}], got {tuple(mask.shape)}")
         target = self.targets(wave, lengths)
-        if mixture_generator is not None and self.config.mixture_prob > 0:
-            wave, _ = mix_batch(wave, lengths, mixture_settings(self.config), mixture_generator)
+        wave = student_input(wave, lengths, self.config, mixture_generator)
         states, valid, square = self.encode(wave, lengths, mask)
         selected = mask & valid
         predicted = self.regression_head(states[-1][selected]).float()

@@ -3,7 +3,8 @@
 One training forward, in order:
 
 1. CQT targets of the *clean* waveform (no grad), cropped to the model's frame count;
-2. the in-batch noise mixture (no grad; see `mixture`), when a generator is given;
+2. the in-batch noise mixture (no grad; see `mixture`), then the input degradation (see
+   `degrade`), each when a generator is given and its probability is above 0;
 3. the conv front-end; its gradient scaled by `feature_grad_mult` (the front-end learns
    slower, as in fairseq's HuBERT), and the feature penalty = mean of the squared features;
 4. feature projection; masked frames replaced by `masked_spec_embed`; transformer encoder
@@ -40,6 +41,7 @@ from mertkit.models.mert2.config import Mert2Config
 from mertkit.models.mert2.model import Mert2Model
 from mertkit.pretrain.kmeans import mel_filterbank
 from mertkit.pretrain.pretrain_config import TEXTURE_FFT, TEXTURE_MELS, PretrainConfig
+from mertkit.pretrain.degrade import DegradeSettings, degrade_batch
 from mertkit.pretrain.mixture import MixtureSettings, mix_batch
 
 
@@ -84,6 +86,24 @@ class Counts:
     @property
     def unmasked_frames(self) -> int:
         return self.valid_frames - self.masked_frames
+
+
+def degrade_settings(cfg: PretrainConfig) -> DegradeSettings:
+    return DegradeSettings(
+        prob=cfg.degrade_prob, snr_min_db=cfg.degrade_snr_min_db, snr_max_db=cfg.degrade_snr_max_db,
+        lowpass_min_hz=cfg.degrade_lowpass_min_hz, sample_rate=cfg.sample_rate,
+    )
+
+
+def student_input(wave: Tensor, lengths: Tensor | None, cfg: PretrainConfig,
+                  generator: torch.Generator | None) -> Tensor:
+    """What the student hears: the clean batch mixed (in-batch mixture), then degraded, each
+    when its probability is above 0 and a generator is given; targets come from the clean batch."""
+    if generator is not None and cfg.mixture_prob > 0:
+        wave, _ = mix_batch(wave, lengths, mixture_settings(cfg), generator)
+    if generator is not None and cfg.degrade_prob > 0:
+        wave, _ = degrade_batch(wave, lengths, degrade_settings(cfg), generator)
+    return wave
 
 
 def mixture_settings(cfg: PretrainConfig) -> MixtureSettings:
@@ -356,8 +376,7 @@ class MertPretrainModel(Backbone):
                 cqt_target = self.cqt(wave.float(), num_frames=frames).transpose(1, 2)  # [B, F, bins]
                 if cfg.texture_weight > 0:
                     mel_power = self.texture_spectrogram(wave, frames)
-        if mixture_generator is not None and cfg.mixture_prob > 0:
-            wave, _ = mix_batch(wave, lengths, mixture_settings(cfg), mixture_generator)
+        wave = student_input(wave, lengths, cfg, mixture_generator)
         states, valid, square = self.encode(wave, lengths, mask)
         regression = None
         if cqt_target is not None:  # the head predicts every target side by side

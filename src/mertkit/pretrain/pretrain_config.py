@@ -69,6 +69,12 @@ class PretrainConfig:
     mixture_min_samples: int = 12000  # 0.5 s at 24 kHz
     mixture_max_samples: int = 24000  # 1.0 s (95M); 36000 = 1.5 s for 330M
     mixture_volume: float = 1.0
+    # ---- input degradation (not in MERT's recipe; see mertkit.pretrain.degrade) ------------
+    # each clip's input, after mixing, with this probability: white noise or a low-pass cut
+    degrade_prob: float = 0.0
+    degrade_snr_min_db: float = 10.0
+    degrade_snr_max_db: float = 40.0
+    degrade_lowpass_min_hz: float = 3000.0
     # ---- loss weights ---------------------------------------------------------------------
     ce_weight: float = 1.0
     penalty_weight: float = 10.0
@@ -202,6 +208,11 @@ class PretrainConfig:
              "need 1 <= mixture_min_segments <= mixture_max_segments"),
             (1 <= self.mixture_min_samples <= self.mixture_max_samples,
              "need 1 <= mixture_min_samples <= mixture_max_samples"),
+            (0 <= self.degrade_prob <= 1, f"degrade_prob must be in [0, 1], got {self.degrade_prob}"),
+            (self.degrade_snr_min_db <= self.degrade_snr_max_db,
+             "need degrade_snr_min_db <= degrade_snr_max_db"),
+            (0 < self.degrade_lowpass_min_hz < self.sample_rate / 2,
+             f"degrade_lowpass_min_hz must be in (0, {self.sample_rate / 2:g}) Hz, got {self.degrade_lowpass_min_hz}"),
             (self.n_codebooks >= 1 and self.codebook_size >= 2 and self.final_dim >= 1, "bad target sizes"),
             (self.logit_temp > 0, "logit_temp must be > 0"),
             (self.cqt_target in CQT_TARGETS, f"cqt_target must be one of {CQT_TARGETS}, got {self.cqt_target!r}"),
