@@ -178,19 +178,18 @@ def main() -> None:
     halves = (np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:]))
     print(f"{len(clean)} pieces; layer chosen on {len(halves[0])}, scored on {len(halves[1])} "
           f"(gallery of {len(halves[1])}); top-1 x100, 95 % bootstrap interval over queries", flush=True)
-    features = {}
-    for title, extract, rate in rows:
-        at_rate = clean if rate == base_rate else [resample(w, base_rate, rate) for w in clean]
-        features[title] = {"clean": extract(at_rate)}
-        if features[title]["clean"].ndim == 2:
-            features[title]["clean"] = features[title]["clean"][:, None]
+
+    def features_of(extract: Callable[[list[np.ndarray]], np.ndarray], rate: int, waves: list[np.ndarray]) -> np.ndarray:
+        """[clips, layers, dims] of waves at the base rate, resampled to the row's rate."""
+        found = extract(waves if rate == base_rate else [resample(w, base_rate, rate) for w in waves])
+        return found[:, None] if found.ndim == 2 else found
+
+    features = {title: {"clean": features_of(extract, rate, clean)} for title, extract, rate in rows}
     for degradation in chosen:
         queries = degraded(clean, base_rate, degradation)
         hits = {}
         for title, extract, rate in rows:
-            at_rate = queries if rate == base_rate else [resample(w, base_rate, rate) for w in queries]
-            query = extract(at_rate)
-            query = query[:, None] if query.ndim == 2 else query
+            query = features_of(extract, rate, queries)
             layer, hits[title] = layer_scores(features[title]["clean"], query, halves)
             interval = bootstrap_ci(lambda idx, h=hits[title]: float(h[idx].mean()), len(hits[title]))
             where = f" (L{layer})" if features[title]["clean"].shape[1] > 1 else ""
