@@ -11,7 +11,13 @@ instrument clips of a suite, the test accuracy of hand-made clip features:
 * the `texture` target of pre-training, mean-pooled over the clip as a model's frames are,
   with plain and log stds and several windows.
 
+With ``--model NAME`` (session 23) it adds the model's hidden states pooled two ways, mean
+(as `mert eval` pools them) and mean + std (the statistics MFCC stats get), every layer probed
+and the best chosen on validation, and with ``--random-init SEED`` the same rows for its random
+initialisation; each model row also gets its paired difference from MFCC stats:
+
     python scripts/small_model/instrument_features.py suite
+    python scripts/small_model/instrument_features.py suite_big --model mertkit-tiny-mel --random-init 0 --only-mfcc
 
 Every line is one feature set, its width and test accuracy (mean ± std over probe seeds).
 """
@@ -27,8 +33,8 @@ import torch
 from mertkit.eval.baselines import SpectralConfig, deltas, load_segment, mfcc
 from mertkit.eval.datasets import Record, encode_labels
 from mertkit.eval.features import from_arrays
-from mertkit.eval.probes import run_probe
-from mertkit.eval.suite_runner import ProbeSettings, load_suite_tasks
+from mertkit.eval.probes import ProbeResult, paired_difference, run_probe
+from mertkit.eval.suite_runner import ProbeSettings, load_model, load_suite_tasks, random_init_model
 from mertkit.pretrain.mlm_model import (
     TextureSpectrogram, build_cqt, cepstrum, local_statistics, log_standardised, texture,
 )
@@ -91,24 +97,69 @@ FEATURES: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
 }
 
 
+@torch.inference_mode()
+def model_rows(model: torch.nn.Module, name: str, records: list[Record], sample_rate: int) -> dict[str, np.ndarray]:
+    """[clip, layer, D] clip vectors from every hidden state: mean-pooled, and mean + std pooled."""
+    pooled = []
+    for record in records:
+        wave = torch.from_numpy(load_segment(record, sample_rate))[None].float()
+        states = torch.cat(list(model(wave).hidden_states))  # [layers, frames, D]
+        pooled.append(torch.cat([states.mean(1), states.std(1)], -1).numpy())
+    both = np.stack(pooled)
+    width = both.shape[-1] // 2
+    return {f"{name}: hidden states, mean-pooled": both[..., :width],
+            f"{name}: hidden states, mean+std pooled": both}
+
+
+def probe_rows(task, rows: dict[str, np.ndarray | Callable], frames: dict, against: ProbeResult | None) -> ProbeResult:
+    """Probe every row; print its width, test accuracy and (``against`` given) the paired
+    difference from it. Returns the first row's result."""
+    probe = ProbeSettings().config("all")
+    first = None
+    for name, feature in rows.items():
+        splits = []
+        for split in ("train", "valid", "test"):
+            index = [i for i, r in enumerate(task.records) if r.split == split]
+            if callable(feature):
+                x = np.stack([feature(frames[task.records[i].path])[None] for i in index])
+            else:
+                x = feature[index]
+            splits.append((x.astype(np.float32), encode_labels([task.records[i] for i in index], task.spec)))
+        result = run_probe(task.spec, from_arrays(*splits), probe)
+        first = first or result
+        line = (f"{name:54s} {splits[0][0].shape[-1]:4d} dims  test {100 * result.score:5.1f} "
+                f"± {100 * result.test_std[result.metric]:.1f}")
+        if against is not None:
+            gap = paired_difference(result, against)
+            low, high = gap.interval
+            line += f"  vs MFCC stats {100 * gap.difference:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] {gap.verdict}"
+        print(line, flush=True)
+    return first
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", type=Path, help="a suite folder (`mert bench-suite synth -o suite`)")
+    parser.add_argument("--model", help="also probe this model's hidden states (registry name or folder)")
+    parser.add_argument("--random-init", type=int, action="append", default=[], metavar="SEED",
+                        help="with --model: also its random initialisation from this seed (repeatable)")
+    parser.add_argument("--only-mfcc", action="store_true", help="of the hand-made features, MFCC stats only")
     args = parser.parse_args()
+    if args.random_init and not args.model:
+        parser.error("--random-init needs --model")
     (task,) = load_suite_tasks({"instrument": args.suite / "instrument"})
     cfg = load_config("tiny-wide")
     cqt, mel = build_cqt(cfg), TextureSpectrogram(cfg.sample_rate, cfg.mert_config().hop_length)
     frames = {r.path: clip_frames(r, cqt, mel, cfg) for r in task.records}
-    probe = ProbeSettings().config("all")
-    for name, feature in FEATURES.items():
-        splits = []
-        for split in ("train", "valid", "test"):
-            records = [r for r in task.records if r.split == split]
-            x = np.stack([feature(frames[r.path])[None] for r in records]).astype(np.float32)
-            splits.append((x, encode_labels(records, task.spec)))
-        result = run_probe(task.spec, from_arrays(*splits), probe)
-        print(f"{name:54s} {splits[0][0].shape[-1]:4d} dims  test {100 * result.score:5.1f} "
-              f"± {100 * result.test_std[result.metric]:.1f}", flush=True)
+    features = dict(list(FEATURES.items())[:1]) if args.only_mfcc else FEATURES
+    mfcc_result = probe_rows(task, features, frames, against=None)
+    if args.model:
+        model, info = load_model(args.model)
+        models = [(model.eval(), info.name)]
+        models += [(twin, twin_info.name) for twin, twin_info in
+                   (random_init_model(model, info, seed) for seed in args.random_init)]
+        for each, name in models:
+            probe_rows(task, model_rows(each, name, task.records, info.sample_rate), frames, against=mfcc_result)
 
 
 if __name__ == "__main__":

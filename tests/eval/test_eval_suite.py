@@ -426,6 +426,19 @@ def test_bench_suite_then_eval_suite_dir_two_models(tmp_path):
     assert [run_["seed"] for run_ in pooled["runs"]] == [0] and len(pooled["test_ci"]) == 2 and pooled["n_test"] == 2
     confusion = _strict_json(run / "confusion" / "pitch_class.json")
     assert len(confusion["labels"]) == 12 and np.sum(confusion["counts"]) == 2  # 2 test clips x 1 seed
+    # each class's recall in every chosen-layer and baseline row, from that row's own confusion
+    (per_class,) = payload["per_class"]
+    assert per_class["task"] == "pitch_class" and sum(per_class["test_clips"]) == 2
+    chosen = {f"{r['source']}: best layer" if r["kind"] != "baseline" else r["source"]: r
+              for r in payload["results"] if r["setting"] == "all" or r["kind"] == "baseline"}
+    assert {"model-a: best layer", "model-b random init: best layer", "MFCC stats"} <= set(per_class["recall"])
+    assert len(per_class["recall"]) == len(chosen)
+    counts = np.array(chosen["model-a: best layer"]["confusion"], dtype=float)
+    for row, recall in enumerate(per_class["recall"]["model-a: best layer"]):
+        clips = counts[row].sum()
+        assert recall is None if clips == 0 else recall == pytest.approx(counts[row, row] / clips)
+    section = (run / "results.md").read_text().split("## Per class")[1].split("## Detail")[0]
+    assert "| class | test clips | model-a: best layer |" in section and section.count("\n| ") == 12 + 2
     for name in ("layers.png", "heatmap.png", "weights.png", "confusion/pitch_class.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     header = next(line for line in result.stdout.splitlines() if line.startswith("| task |")).split(" | ")

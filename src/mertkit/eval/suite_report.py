@@ -9,7 +9,9 @@
   model's best layer against its random init, each baseline and each model listed after it,
   paired on the same test clips
   (the difference, its 95 % paired bootstrap interval and a verdict: ahead, behind or within
-  noise; also under ``paired`` in ``results.json``); then the per-layer tables.
+  noise; also under ``paired`` in ``results.json``); then, for each clip classification task,
+  each class's test recall in every row (where a gap between two rows comes from; also under
+  ``per_class`` in ``results.json``); then the per-layer tables.
 * ``layers.png``: per task, each model's score per layer with its interval band and its chosen
   layer starred; random init, the baselines and the floor as horizontal lines.
 * ``heatmap.png``: task x layer, one panel per model (and its random init), colour scaled
@@ -59,14 +61,17 @@ def write_suite_report(entries: Sequence[Any], floors: dict[str, float], context
     out_dir.mkdir(parents=True, exist_ok=True)
     reasons = {**NO_PROBE_REASONS, **{f"floors.{task}": reason for task, reason in FLOOR_REASONS.items()}}
     paired = paired_rows(entries)
-    payload = {**context, "floors": floors, "results": [entry.to_dict() for entry in entries], "paired": paired}
+    per_class = per_class_recall(entries, context.get("suite", {}).get("labels", {}))
+    payload = {**context, "floors": floors, "results": [entry.to_dict() for entry in entries], "paired": paired,
+               "per_class": per_class}
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md"}
     paths["json"].write_text(json_text(payload, reasons))
     table = summary_table(entries, floors, context)
     details = [f"### {title}\n\n" + markdown_table([e.result for e in entries if _title(e) == title], title)
                for title in dict.fromkeys(_title(e) for e in entries)]
     paired_text = paired_table(paired)
-    paths["markdown"].write_text(table + paired_text + "\n## Detail (every layer)\n\n" + "\n".join(details))
+    paths["markdown"].write_text(table + paired_text + per_class_table(per_class)
+                                 + "\n## Detail (every layer)\n\n" + "\n".join(details))
     paths["plot"] = plot_suite(entries, floors, context, out_dir / "layers.png")
     heat = plot_heatmap(entries, out_dir / "heatmap.png")
     if heat is not None:
@@ -140,6 +145,42 @@ def paired_rows(entries: Sequence[Any]) -> list[dict[str, Any]]:
             if other.task == model.task:
                 rows.append(paired_row(model.source, model.result, _title(other), other.result))
     return rows
+
+
+def per_class_recall(entries: Sequence[Any], labels: dict[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """Per clip classification task: each class's test recall (correct / its test clips, counted
+    over seeds) in each summary row that has a confusion matrix: every model's and random init's
+    chosen layer and every baseline. A class without test clips has no recall (None)."""
+    tasks = []
+    for task, names in labels.items():
+        rows = [e for e in entries if e.task == task and e.result.confusion is not None
+                and (e.kind == "baseline" or e.setting == "all")]
+        if not rows:
+            continue
+        counts = {_column_title((e.source, e.kind, e.setting)): np.asarray(e.result.confusion, dtype=float) for e in rows}
+        first = next(iter(counts.values()))
+        clips = first.sum(axis=1) / len(rows[0].result.runs)
+        recall = {title: [None if total == 0 else float(hit / total) for hit, total in zip(np.diag(c), c.sum(axis=1))]
+                  for title, c in counts.items()}
+        tasks.append({"task": task, "labels": list(names), "test_clips": clips.tolist(), "recall": recall})
+    return tasks
+
+
+def per_class_table(per_class: list[dict[str, Any]]) -> str:
+    """Markdown of :func:`per_class_recall` (recall ×100), one table per task."""
+    if not per_class:
+        return ""
+    lines = ["", "## Per class: test recall ×100 (correct / the class's test clips, over seeds)", ""]
+    for task in per_class:
+        titles = list(task["recall"])
+        lines += [f"### {task['task']}", "", "| class | test clips | " + " | ".join(titles) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in titles) + " |"]
+        for row, name in enumerate(task["labels"]):
+            cells = " | ".join("-" if task["recall"][title][row] is None else f"{100 * task['recall'][title][row]:.0f}"
+                               for title in titles)
+            lines.append(f"| {name} | {task['test_clips'][row]:.0f} | {cells} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _column_title(column: tuple[str, str, str]) -> str:
