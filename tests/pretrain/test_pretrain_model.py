@@ -166,6 +166,54 @@ def test_derived_targets_widen_the_cqt_head_and_each_gets_its_weighted_term():
     assert {"flux_mse", "chroma_mse_unmasked", "timbre_mse", "texture_mse"} <= set(model.metrics({k: v.detach() for k, v in out.sums.items()}, out.correct, counts))
 
 
+def test_clip_texture_term_compares_crop_averages_of_predictions_and_targets():
+    torch.manual_seed(0)
+    model = MertPretrainModel(tiny_config(chroma_weight=0.5, timbre_coefficients=5, texture_weight=0.7,
+                                          texture_clip_weight=2.0)).eval()
+    cfg = model.config
+    wave, lengths, labels, mask = _inputs(model)
+    out = model(wave, lengths, labels, mask)
+    ref = model.backbone(wave, lengths, mask_time_indices=mask)
+    valid = torch.arange(mask.shape[1])[None] < ref.frame_lengths[:, None]
+    target = texture(model.texture_spectrogram(wave, mask.shape[1]), valid, 5, texture_half_width(cfg))
+    start = cfg.cqt_bins + 12  # the texture outputs follow the CQT and the chroma
+    expected = torch.zeros(())
+    for crop in range(wave.shape[0]):  # every valid frame of the crop, masked or not
+        frames = valid[crop]
+        predicted = model.cqt_head(ref.last_hidden_state[crop, frames])[:, start:start + 15]
+        expected = expected + (predicted.mean(0) - target[crop, frames].mean(0)).pow(2).mean()
+    assert torch.allclose(out.sums["texture_clip"], expected, rtol=1e-5)
+    counts = Counts(out.masked_frames, out.valid_frames, clips=wave.shape[0])
+    assert torch.allclose(model.loss_terms(out, counts)["texture_clip"], 2.0 * expected / 2, rtol=1e-5)
+    assert "texture_clip_mse" in model.metrics({k: v.detach() for k, v in out.sums.items()}, out.correct, counts)
+    model.total_loss(out, counts).backward()
+    assert model.backbone.encoder.layers[0].feed_forward.output_dense.weight.grad.abs().sum() > 0
+
+
+def test_clip_texture_term_is_blind_to_frame_errors_that_average_out():
+    torch.manual_seed(0)
+    model = MertPretrainModel(tiny_config(timbre_coefficients=5, texture_weight=1.0, texture_clip_weight=1.0)).eval()
+    last = torch.randn(2, 12, model.backbone.config.hidden_size)
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[1, 9:] = False
+    with torch.no_grad():
+        predicted = model.cqt_head(last)
+    wobble = torch.randn(2, 12, predicted.shape[-1])
+    wobble[0] -= wobble[0].mean(0)  # zero mean over each crop's valid frames
+    wobble[1, :9] -= wobble[1, :9].mean(0)
+    wobble[1, 9:] = 50.0  # padding: never read
+    shifted = predicted + wobble
+    shifted[..., _texture_slice(model)] += 0.5  # a bias over the whole crop is what it sees
+    with torch.no_grad():
+        assert float(model.clip_texture_error(last, valid, predicted + wobble)) == pytest.approx(0.0, abs=1e-9)
+        assert float(model.clip_texture_error(last, valid, shifted)) == pytest.approx(2 * 0.25, rel=1e-5)
+
+
+def _texture_slice(model: MertPretrainModel) -> slice:
+    start = sum(width for name, width, _ in model.config.head_targets if name != "texture")
+    return slice(start, start + 3 * model.config.timbre_coefficients)
+
+
 def test_chroma_folds_octaves_and_the_bins_around_each_semitone():
     # 2 octaves of 24 bins (2 a semitone, bin 0 on class 0): the bin just below a semitone's
     # centre belongs to it, and the top bin to class 0 (its pitch class an octave up)
@@ -210,6 +258,10 @@ def test_derived_targets_need_a_cqt_they_fit():
         tiny_config(texture_weight=1.0, timbre_coefficients=65)
     with pytest.raises(PretrainConfigError, match="texture_window_seconds"):
         tiny_config(texture_weight=1.0, texture_window_seconds=0.0)
+    with pytest.raises(PretrainConfigError, match="texture_clip_weight > 0 needs texture_weight"):
+        tiny_config(texture_clip_weight=1.0)
+    with pytest.raises(PretrainConfigError, match="texture_clip_weight must be >= 0"):
+        tiny_config(texture_weight=1.0, texture_clip_weight=-1.0)
 
 
 def test_local_statistics_match_a_frame_by_frame_loop_over_valid_frames():

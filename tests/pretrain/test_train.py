@@ -16,6 +16,7 @@ import torch
 
 import mertkit
 from mertkit.pretrain.labels import LabelReader
+from mertkit.pretrain.diagnostics import load_snapshot
 from mertkit.pretrain.export import backbone_from_checkpoint, export_checkpoint
 from mertkit.pretrain.trainer import PretrainError, lr_at, read_checkpoint, train
 from pretrain_fixtures import tiny_config, write_labelled_corpus
@@ -232,6 +233,22 @@ def test_loader_workers_give_the_same_run_and_old_runs_are_not_overwritten(corpu
     assert [r["loss"] for r in _log(tmp_path / "main")] == [r["loss"] for r in _log(tmp_path / "workers")]
     with pytest.raises(PretrainError, match="already holds"):
         train(tiny_config(**common), audio, labels, tmp_path / "main")
+
+
+def test_init_from_a_run_starts_from_every_weight_of_its_last_checkpoint(corpus, tmp_path):
+    audio, labels = corpus
+    train(tiny_config(total_updates=2, warmup_updates=1, batch_size=2), audio, labels, tmp_path / "first")
+    second = tiny_config(total_updates=1, warmup_updates=0, batch_size=2, snapshot_fractions=[0.0],
+                         init_from=str(tmp_path / "first"))
+    train(second, audio, labels, tmp_path / "second")
+    (snapshot,) = (tmp_path / "second" / "snapshots").glob("*.pt")
+    _, start, update = load_snapshot(snapshot)
+    assert update == 0
+    _assert_same_weights(start.state_dict(), _state(tmp_path / "first"), atol=0)  # heads and code embeddings too
+    assert [r["update"] for r in _log(tmp_path / "second")] == [1]  # a new schedule from update 0
+    with pytest.raises(PretrainError, match=r"init_from .*first.*label_embs_concat"):
+        train(tiny_config(total_updates=1, warmup_updates=0, batch_size=2, final_dim=24,
+                          init_from=str(tmp_path / "first")), audio, labels, tmp_path / "third")
 
 
 def test_init_from_loads_a_released_checkpoint_strictly(tmp_path):

@@ -81,7 +81,7 @@ class Counts:
 
     masked_frames: int
     valid_frames: int
-    clips: int = 0  # batch items (crops): the clip contrast's normaliser
+    clips: int = 0  # batch items (crops): the normaliser of the per-crop terms
 
     @property
     def unmasked_frames(self) -> int:
@@ -385,6 +385,8 @@ class MertPretrainModel(Backbone):
         targets = labels[:, :, :frames].transpose(1, 2)  # [B, F, K]
         ce, errors, logits = self._frame_terms(states[-1], selected, targets, regression)
         sums = {"ce": ce, "penalty": (square * valid).sum(), **errors}
+        if cfg.texture_clip_weight > 0:
+            sums["texture_clip"] = self.clip_texture_error(states[-1], valid, regression)
         if cfg.contrast_weight > 0:
             sums["contrast"] = self.clip_contrast(states[-1], valid)
         if cfg.unmasked_weight > 0:
@@ -412,6 +414,21 @@ class MertPretrainModel(Backbone):
             errors[name] = error[:, start:start + width].mean(-1).sum()
             start += width
         return ce, errors, logits
+
+    def clip_texture_error(self, last: Tensor, valid: Tensor, regression: Tensor) -> Tensor:
+        """Summed over crops: the MSE between the head's texture predictions and the texture
+        targets, each averaged over the crop's valid frames (`texture_clip_weight`)."""
+        start = 0
+        for name, width, _ in self.config.head_targets:
+            if name == "texture":
+                break
+            start += width
+        weights = valid[..., None].float()
+        frames = weights.sum(1).clamp(min=1)
+        predicted = self.cqt_head(last).float()[..., start:start + width]
+        target = regression[..., start:start + width].float()
+        pooled_error = ((predicted - target) * weights).sum(1) / frames
+        return pooled_error.pow(2).mean(-1).sum()
 
     def clip_contrast(self, last: Tensor, valid: Tensor) -> Tensor:
         """Summed InfoNCE of the batch's crop pairs (items 2i and 2i + 1 are two crops of one
@@ -461,6 +478,8 @@ class MertPretrainModel(Backbone):
         terms["penalty"] = cfg.penalty_weight * out.sums["penalty"] / max(counts.valid_frames, 1)
         if "contrast" in out.sums:
             terms["contrast"] = cfg.contrast_weight * out.sums["contrast"] / max(counts.clips, 1)
+        if "texture_clip" in out.sums:
+            terms["texture_clip"] = cfg.texture_clip_weight * out.sums["texture_clip"] / max(counts.clips, 1)
         for name, _, weight in cfg.head_targets:
             if name in out.sums:
                 terms[name] = weight * out.sums[name] / masked
@@ -482,6 +501,8 @@ class MertPretrainModel(Backbone):
         kept = max(counts.unmasked_frames, 1)
         if "contrast" in sums:
             out["contrast"] = float(sums["contrast"]) / max(counts.clips, 1)
+        if "texture_clip" in sums:
+            out["texture_clip_mse"] = float(sums["texture_clip"]) / max(counts.clips, 1)
         for name in HEAD_TARGET_NAMES:
             if name in sums:
                 out[f"{name}_mse"] = float(sums[name]) / masked

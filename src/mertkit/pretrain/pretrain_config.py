@@ -97,6 +97,11 @@ class PretrainConfig:
     # sounds and moves (attack, decay, vibrato), what MFCC statistics capture
     texture_weight: float = 0.0
     texture_window_seconds: float = 0.5
+    # > 0: the texture target once more at the scale a clip probe reads it: the head's texture
+    # predictions averaged over each crop's valid frames (masked or not) against the targets'
+    # average, MSE per crop times this. The head is linear, so this asks the mean-pooled last
+    # state itself to carry the crop's texture, which the per-frame term leaves to chance
+    texture_clip_weight: float = 0.0
     # > 0: clip-level contrast (COLA-style, not in the MERT-v1 recipe): every batch item is a
     # pair of crops of one file; the last hidden state, mean-pooled over each crop's valid
     # frames and passed through `contrast_head`, must pick its partner among the batch's other
@@ -139,7 +144,10 @@ class PretrainConfig:
     # kept for the probe curve of `mert pretrain-diagnose`; [] writes none
     snapshot_fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0])
     tensorboard: bool = False
-    init_from: str | None = None  # released checkpoint dir / name for continued pre-training
+    # continued pre-training: a released checkpoint (dir / name; its backbone) or a mertkit
+    # pre-training run folder (every weight of its last checkpoint, heads included); either way
+    # a new optimiser and schedule start at update 0
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -233,6 +241,9 @@ class PretrainConfig:
              f"{self.texture_window_seconds}"),
             (self.texture_weight == 0 or (self.cqt and 1 <= self.timbre_coefficients <= TEXTURE_MELS),
              f"texture_weight > 0 needs cqt=true (the CQT head) and 1 <= timbre_coefficients <= {TEXTURE_MELS}"),
+            (self.texture_clip_weight >= 0, f"texture_clip_weight must be >= 0, got {self.texture_clip_weight}"),
+            (self.texture_clip_weight == 0 or self.texture_weight > 0,
+             "texture_clip_weight > 0 needs texture_weight > 0 (the head's texture outputs)"),
             (self.grad_accum >= 1 and self.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
             (self.contrast_weight >= 0 and self.contrast_temperature > 0,
              f"contrast_weight must be >= 0 and contrast_temperature > 0, got {self.contrast_weight}, "

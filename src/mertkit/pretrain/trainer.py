@@ -105,7 +105,7 @@ def train(
     # ---- model, optimiser, precision ---------------------------------------------------
     model = initial_model(cfg)
     if cfg.init_from and checkpoint is None:
-        load_released_backbone(model, cfg.init_from)
+        load_initial_weights(model, cfg.init_from)
     elif cfg.is_mert2 and checkpoint is None:
         set_mel_statistics(model.backbone, mel_statistics_clips(dataset))
     model = model.to(env.device)
@@ -323,6 +323,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def load_initial_weights(model: MertPretrainModel, name_or_path: str) -> None:
+    """Continued pre-training (`init_from`): a mertkit pre-training run folder gives every
+    weight of its last checkpoint; anything else names a released checkpoint's backbone."""
+    run = Path(name_or_path)
+    if (run / "checkpoints" / LAST_CHECKPOINT).is_file():
+        load_run_weights(model, run)
+    else:
+        load_released_backbone(model, name_or_path)
+
+
+def load_run_weights(model: MertPretrainModel, run: Path) -> None:
+    """Every weight (backbone with its mel statistics, heads, code embeddings) of `run`'s last
+    checkpoint, strictly; its optimiser state and position stay behind (a new schedule starts)."""
+    from mertkit.models.checkpoint import CheckpointError, check_weights
+
+    saved = load_checkpoint(run)
+    source = f"init_from {run}"
+    try:
+        check_weights({name: tuple(t.shape) for name, t in model.state_dict().items()}, saved["model"], source=source)
+    except CheckpointError as err:
+        raise PretrainError(f"{err} (the run's config differs in architecture, heads or codebooks)") from err
+    model.load_state_dict(saved["model"], strict=True)
 
 
 def load_released_backbone(model: MertPretrainModel, name_or_path: str) -> None:
