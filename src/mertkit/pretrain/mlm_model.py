@@ -417,18 +417,18 @@ class MertPretrainModel(Backbone):
 
     def clip_texture_error(self, last: Tensor, valid: Tensor, regression: Tensor) -> Tensor:
         """Summed over crops: the MSE between the head's texture predictions and the texture
-        targets, each averaged over the crop's valid frames (`texture_clip_weight`)."""
+        targets, each averaged over the crop's valid frames (`texture_clip_weight`). The head is
+        linear, so the average of its frame predictions is its prediction from the average state."""
         start = 0
         for name, width, _ in self.config.head_targets:
             if name == "texture":
                 break
             start += width
-        weights = valid[..., None].float()
+        weights = valid[..., None].to(last.dtype)
         frames = weights.sum(1).clamp(min=1)
-        predicted = self.cqt_head(last).float()[..., start:start + width]
-        target = regression[..., start:start + width].float()
-        pooled_error = ((predicted - target) * weights).sum(1) / frames
-        return pooled_error.pow(2).mean(-1).sum()
+        predicted = self.cqt_head((last * weights).sum(1) / frames).float()[:, start:start + width]
+        target = (regression[..., start:start + width].float() * weights.float()).sum(1) / frames.float()
+        return (predicted - target).pow(2).mean(-1).sum()
 
     def clip_contrast(self, last: Tensor, valid: Tensor) -> Tensor:
         """Summed InfoNCE of the batch's crop pairs (items 2i and 2i + 1 are two crops of one
